@@ -1,0 +1,44 @@
+"""Settings read from EDM_* environment variables.
+
+Every timing knob lives here so tests can shrink intervals and leases to fractions of a
+second without touching code.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EDM_", extra="ignore")
+
+    database_url: str = "sqlite:///edm.db"
+
+    # Claiming and leases.
+    lease_seconds: float = Field(30.0, gt=0, description="lease on a claimed or sending sub-task")
+    batch_size: int = Field(50, ge=1, description="most sub-tasks one claim may take")
+    lookahead_seconds: float = Field(
+        1.0, ge=0, description="how far ahead a paced claim may book slots"
+    )
+    max_in_flight: int = Field(200, ge=1, description="claimed but unfinished sub-tasks per worker")
+
+    # Retries.
+    max_attempts: int = Field(5, ge=1)
+    retry_base_seconds: float = Field(30.0, ge=0)
+    retry_max_seconds: float = Field(3600.0, ge=0)
+
+    # Loops.
+    idle_poll_seconds: float = Field(1.0, gt=0, description="sleep of a worker with no work")
+    supervisor_seconds: float = Field(2.0, gt=0, description="how often services are re-read")
+    maintenance_seconds: float = Field(1.0, gt=0, description="reaper/reconciler period")
+    restart_backoff_seconds: float = Field(1.0, gt=0)
+    restart_backoff_max_seconds: float = Field(60.0, gt=0)
+    shutdown_grace_seconds: float = Field(8.0, gt=0, description="SIGTERM to exit, at most")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

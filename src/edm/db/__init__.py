@@ -1,0 +1,17 @@
+"""Database access: engines, schema, migrations and the queries of the hot path."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine
+
+from edm.config import get_settings
+from edm.db.engine import make_engine
+from edm.db.migrate import upgrade
+
+
+def open_database(url: str | None = None, *, migrate: bool = True) -> Engine:
+    """The engine for `url` (default: EDM_DATABASE_URL), with the schema brought up to date."""
+    engine = make_engine(url or get_settings().database_url)
+    if migrate:
+        upgrade(engine)
+    return engine

@@ -1,0 +1,224 @@
+"""The schema.
+
+Times are stored as epoch seconds (float, UTC) so that pace arithmetic (`next_send_at +
+n * interval`) is the same plain SQL on SQLite and PostgreSQL, and always taken from the
+database's clock (see `edm.db.queries.NOW`).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+    text,
+    true,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# A BIGINT primary key that SQLite still treats as its auto-incrementing rowid.
+BigId = BigInteger().with_variant(Integer, "sqlite")
+
+CONTACT_STATUSES = ("active", "bounced", "complained", "unsubscribed", "invalid")
+TASK_STATUSES = ("draft", "scheduled", "running", "paused", "completed", "cancelled")
+SUBTASK_STATUSES = (
+    "pending",
+    "allocated",
+    "sending",
+    "sent",
+    "unknown",
+    "failed",
+    "skipped",
+    "cancelled",
+)
+# A sub-task in one of these can still change by sending; a task with none is complete.
+ACTIVE_SUBTASK_STATUSES = ("pending", "allocated", "sending", "unknown")
+DELIVERY_POLICIES = ("at_most_once", "at_least_once")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Contact(Base):
+    __tablename__ = "contacts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    fields: Mapped[dict] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(20), server_default="active", index=True)
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class Service(Base):
+    """A sending account. Its row is also the pace row that every claim locks."""
+
+    __tablename__ = "services"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    provider: Mapped[str] = mapped_column(String(50))
+    options: Mapped[dict] = mapped_column(JSON, default=dict)
+    interval_seconds: Mapped[float] = mapped_column(Float, server_default="0")
+    daily_quota: Mapped[int | None] = mapped_column(Integer)
+    enabled: Mapped[bool] = mapped_column(Boolean, server_default=true())
+    frozen: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    frozen_reason: Mapped[str | None] = mapped_column(Text)
+    frozen_at: Mapped[float | None] = mapped_column(Float)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_error_at: Mapped[float | None] = mapped_column(Float)
+    # Pace (GCRA theoretical arrival time), provider back-pressure and quota counters.
+    next_send_at: Mapped[float] = mapped_column(Float, server_default="0")
+    paused_until: Mapped[float] = mapped_column(Float, server_default="0")
+    quota_day: Mapped[str | None] = mapped_column(String(10))
+    quota_used: Mapped[int] = mapped_column(Integer, server_default="0")
+    # Bumped on every change that a running worker must pick up (options, provider).
+    config_version: Mapped[int] = mapped_column(Integer, server_default="1")
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(20), server_default="draft", index=True)
+    from_addr: Mapped[str | None] = mapped_column(String(320))
+    subject: Mapped[str] = mapped_column(Text)
+    html: Mapped[str | None] = mapped_column(Text)
+    text_body: Mapped[str | None] = mapped_column(Text)
+    priority: Mapped[int] = mapped_column(Integer, server_default="0")
+    delivery_policy: Mapped[str] = mapped_column(String(20), server_default="at_most_once")
+    scheduled_at: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[float | None] = mapped_column(Float)
+    completed_at: Mapped[float | None] = mapped_column(Float)
+
+
+class TaskService(Base):
+    """The services a task may use; a task with no rows here may use every service."""
+
+    __tablename__ = "task_services"
+
+    task_id: Mapped[int] = mapped_column(
+        ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True
+    )
+    service_id: Mapped[int] = mapped_column(
+        ForeignKey("services.id", ondelete="CASCADE"), primary_key=True
+    )
+
+
+class SubTask(Base):
+    __tablename__ = "sub_tasks"
+    __table_args__ = (
+        UniqueConstraint("task_id", "contact_id"),
+        # The claim walks this index: only pending rows are in it.
+        Index(
+            "ix_sub_tasks_claimable",
+            "task_id",
+            "id",
+            sqlite_where=text("status = 'pending'"),
+            postgresql_where=text("status = 'pending'"),
+        ),
+        # The reaper walks this one: only in-flight rows are in it.
+        Index(
+            "ix_sub_tasks_in_flight",
+            "lease_expires_at",
+            sqlite_where=text("status IN ('allocated', 'sending')"),
+            postgresql_where=text("status IN ('allocated', 'sending')"),
+        ),
+        Index("ix_sub_tasks_task_status", "task_id", "status"),
+        Index(
+            "ix_sub_tasks_status_unknown",
+            "id",
+            sqlite_where=text("status = 'unknown'"),
+            postgresql_where=text("status = 'unknown'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(20), server_default="pending")
+    # The service that has (or last had) the sub-task; `pinned_service_id` forces the
+    # next attempt onto one service, so a resend with the same key reaches the provider
+    # that can recognise it.
+    service_id: Mapped[int | None] = mapped_column(ForeignKey("services.id"))
+    pinned_service_id: Mapped[int | None] = mapped_column(ForeignKey("services.id"))
+    lease_token: Mapped[str | None] = mapped_column(String(32))
+    lease_expires_at: Mapped[float | None] = mapped_column(Float)
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    next_attempt_at: Mapped[float] = mapped_column(Float, server_default="0")
+    idempotency_key: Mapped[str] = mapped_column(String(64), unique=True)
+    provider_message_id: Mapped[str | None] = mapped_column(Text)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    error_class: Mapped[str | None] = mapped_column(String(20))
+    sending_at: Mapped[float | None] = mapped_column(Float)
+    sent_at: Mapped[float | None] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float)
+    # Delivery facts: first-seen times and counters, filled in by tracking events.
+    delivered_at: Mapped[float | None] = mapped_column(Float)
+    opened_at: Mapped[float | None] = mapped_column(Float)
+    open_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    clicked_at: Mapped[float | None] = mapped_column(Float)
+    click_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    bounced_at: Mapped[float | None] = mapped_column(Float)
+    bounce_type: Mapped[str | None] = mapped_column(String(10))
+    complained_at: Mapped[float | None] = mapped_column(Float)
+    unsubscribed_at: Mapped[float | None] = mapped_column(Float)
+
+
+class SendAttempt(Base):
+    """One provider call, appended whatever the fence says, so no real outcome is lost."""
+
+    __tablename__ = "send_attempts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    sub_task_id: Mapped[int] = mapped_column(
+        ForeignKey("sub_tasks.id", ondelete="CASCADE"), index=True
+    )
+    service_id: Mapped[int] = mapped_column(ForeignKey("services.id", ondelete="CASCADE"))
+    lease_token: Mapped[str] = mapped_column(String(32))
+    started_at: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[float] = mapped_column(Float)
+    outcome: Mapped[str] = mapped_column(String(20))  # sent | transient | recipient | ...
+    provider_message_id: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    fenced: Mapped[bool] = mapped_column(Boolean, server_default=false())
+
+
+class WorkerHeartbeat(Base):
+    """One row per (instance, service) worker: how health knows a service is really sent for."""
+
+    __tablename__ = "worker_heartbeats"
+
+    instance_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    service_id: Mapped[int] = mapped_column(
+        ForeignKey("services.id", ondelete="CASCADE"), primary_key=True
+    )
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(20))  # running | restarting | stopped
+    started_at: Mapped[float] = mapped_column(Float)
+    beat_at: Mapped[float] = mapped_column(Float)
+    restarts: Mapped[int] = mapped_column(Integer, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)

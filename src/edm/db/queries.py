@@ -1,0 +1,318 @@
+"""The SQL of the claim, the send transitions and the reaper, for both databases side by side.
+
+Each query is a dict keyed by dialect name. Where the two databases agree the text is
+shared. Every write after a claim names the claim's `lease_token` in its WHERE clause:
+that is the fence that stops a worker whose lease was taken over from writing.
+All times come from the database's clock (`NOW`).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from sqlalchemy import TextClause, bindparam, text
+
+NOW = {
+    "postgresql": "extract(epoch from clock_timestamp())::float8",
+    "sqlite": "((julianday('now') - 2440587.5) * 86400.0)",
+}
+
+RANDOM_KEY = {
+    "postgresql": "replace(gen_random_uuid()::text, '-', '')",
+    "sqlite": "lower(hex(randomblob(16)))",
+}
+
+
+def _both(sql: str) -> dict[str, str]:
+    return {"postgresql": sql, "sqlite": sql}
+
+
+def _now(sql_by_dialect: dict[str, str]) -> dict[str, str]:
+    return {dialect: sql.replace("{now}", NOW[dialect]) for dialect, sql in sql_by_dialect.items()}
+
+
+SELECT_NOW = _now(_both("SELECT {now}"))
+
+# -- the claim, step 1: lock the pace row -------------------------------------------------
+LOCK_SERVICE = _now(
+    {
+        "postgresql": """
+        SELECT id, enabled, frozen, interval_seconds, daily_quota, next_send_at,
+               paused_until, quota_day, quota_used, {now} AS now
+        FROM services WHERE id = :service_id FOR UPDATE""",
+        # BEGIN IMMEDIATE already holds the database's write lock.
+        "sqlite": """
+        SELECT id, enabled, frozen, interval_seconds, daily_quota, next_send_at,
+               paused_until, quota_day, quota_used, {now} AS now
+        FROM services WHERE id = :service_id""",
+    }
+)
+
+# -- step 2: the running tasks this service may send for, best priority first ----------------
+ELIGIBLE_TASKS = _both("""
+    SELECT t.id, t.priority FROM tasks t
+    WHERE t.status = 'running'
+      AND (NOT EXISTS (SELECT 1 FROM task_services ts WHERE ts.task_id = t.id)
+           OR EXISTS (SELECT 1 FROM task_services ts
+                      WHERE ts.task_id = t.id AND ts.service_id = :service_id))
+    ORDER BY t.priority DESC, t.id""")
+
+# -- step 3: claim up to :n rows. PostgreSQL joins by primary key on an ARRAY so the
+# planner cannot hash the whole table; :n is always a number, never NULL. ------------------
+_CLAIM_SET = """
+    SET status = 'allocated', service_id = :service_id, lease_token = :token,
+        lease_expires_at = :lease_until"""
+_CLAIM_RETURNING = "RETURNING id, task_id, contact_id, idempotency_key, attempts"
+CLAIM = {
+    "postgresql": f"""
+        UPDATE sub_tasks {_CLAIM_SET}
+        WHERE id = ANY(ARRAY(
+            SELECT id FROM sub_tasks
+            WHERE status = 'pending' AND task_id IN :task_ids AND next_attempt_at <= :now
+              AND (pinned_service_id IS NULL OR pinned_service_id = :service_id)
+            ORDER BY id LIMIT :n
+            FOR UPDATE SKIP LOCKED))
+        {_CLAIM_RETURNING}""",
+    "sqlite": f"""
+        UPDATE sub_tasks {_CLAIM_SET}
+        WHERE id IN (
+            SELECT id FROM sub_tasks
+            WHERE status = 'pending' AND task_id IN :task_ids AND next_attempt_at <= :now
+              AND (pinned_service_id IS NULL OR pinned_service_id = :service_id)
+            ORDER BY id LIMIT :n)
+        {_CLAIM_RETURNING}""",
+}
+
+# -- step 4: advance pace and quota by what was actually claimed ----------------------------
+ADVANCE_PACE = _both("""
+    UPDATE services SET next_send_at = :next_send_at, quota_day = :quota_day,
+                        quota_used = :quota_used
+    WHERE id = :service_id""")
+
+CLAIMED_CONTACTS = _both("""
+    SELECT id, email, name, fields, status FROM contacts WHERE id IN :ids""")
+
+TASK_CONTENT = _both("""
+    SELECT id, subject, html, text_body, from_addr FROM tasks WHERE id = :task_id""")
+
+# -- allocated -> sending, committed before the provider is called ---------------------------
+MARK_SENDING = _now(
+    _both("""
+    UPDATE sub_tasks
+    SET status = 'sending', sending_at = {now}, attempts = attempts + 1,
+        lease_expires_at = {now} + :lease_seconds
+    WHERE id IN :ids AND lease_token = :token AND status = 'allocated'
+      AND task_id IN (SELECT id FROM tasks WHERE status = 'running')
+    RETURNING id, attempts""")
+)
+
+# Claimed rows that will not be sent now (task paused, worker stopping) go back.
+RELEASE = _both("""
+    UPDATE sub_tasks
+    SET status = 'pending', lease_token = NULL, lease_expires_at = NULL
+    WHERE id IN :ids AND lease_token = :token AND status = 'allocated'""")
+
+# Settled before sending: suppressed contact (skipped) or a template that fails (failed).
+SETTLE_ALLOCATED = _now(
+    _both("""
+    UPDATE sub_tasks
+    SET status = :status, last_error = :error, error_class = :error_class,
+        finished_at = {now}, lease_expires_at = NULL
+    WHERE id = :id AND lease_token = :token AND status = 'allocated'""")
+)
+
+# -- outcomes of the provider call ------------------------------------------------------------
+MARK_SENT = _now(
+    _both("""
+    UPDATE sub_tasks
+    SET status = 'sent', provider_message_id = :message_id, sent_at = {now},
+        finished_at = {now}, lease_expires_at = NULL, last_error = NULL, error_class = NULL
+    WHERE id = :id AND lease_token = :token AND status = 'sending'""")
+)
+
+MARK_RETRY = _now(
+    _both("""
+    UPDATE sub_tasks
+    SET status = 'pending', next_attempt_at = {now} + :delay, lease_token = NULL,
+        lease_expires_at = NULL, pinned_service_id = NULL, attempts = attempts - :refund,
+        last_error = :error, error_class = :error_class
+    WHERE id = :id AND lease_token = :token AND status = 'sending'""")
+)
+
+MARK_FINAL = _now(
+    _both("""
+    UPDATE sub_tasks
+    SET status = :status, last_error = :error, error_class = :error_class,
+        finished_at = {now}, lease_expires_at = NULL
+    WHERE id = :id AND lease_token = :token AND status = 'sending'""")
+)
+
+MARK_UNKNOWN = _both("""
+    UPDATE sub_tasks
+    SET status = 'unknown', last_error = :error, error_class = 'unknown',
+        lease_expires_at = NULL
+    WHERE id = :id AND lease_token = :token AND status = 'sending'""")
+
+LOG_ATTEMPT = _now(
+    _both("""
+    INSERT INTO send_attempts (sub_task_id, service_id, lease_token, started_at, finished_at,
+                               outcome, provider_message_id, error, fenced)
+    VALUES (:sub_task_id, :service_id, :token, :started_at, {now}, :outcome, :message_id,
+            :error, :fenced)""")
+)
+
+MARK_CONTACT_INVALID = _now(
+    _both("""
+    UPDATE contacts SET status = 'invalid', status_reason = :reason, updated_at = {now}
+    WHERE id = (SELECT contact_id FROM sub_tasks WHERE id = :sub_task_id)
+      AND status = 'active'""")
+)
+
+FREEZE_SERVICE = _now(
+    _both("""
+    UPDATE services SET frozen = true, frozen_reason = :reason, frozen_at = {now},
+                        last_error = :reason, last_error_at = {now}
+    WHERE id = :service_id""")
+)
+
+PAUSE_SERVICE = _now(
+    _both("""
+    UPDATE services SET paused_until = {now} + :seconds
+    WHERE id = :service_id AND paused_until < {now} + :seconds""")
+)
+
+RECORD_SERVICE_ERROR = _now(
+    _both("""
+    UPDATE services SET last_error = :error, last_error_at = {now} WHERE id = :service_id""")
+)
+
+# -- the reaper: safe to run in every instance at once -----------------------------------------
+REAP_ALLOCATED = _now(
+    _both("""
+    UPDATE sub_tasks SET status = 'pending', lease_token = NULL, lease_expires_at = NULL
+    WHERE status = 'allocated' AND lease_expires_at < {now}""")
+)
+
+REAP_SENDING = _now(
+    _both("""
+    UPDATE sub_tasks
+    SET status = 'unknown', lease_expires_at = NULL, error_class = 'unknown',
+        last_error = 'lease ran out while sending: outcome unknown'
+    WHERE status = 'sending' AND lease_expires_at < {now}""")
+)
+
+# -- the reconciler: unknown rows of tasks that are not paused ---------------------------------
+UNKNOWN_ROWS = _both("""
+    SELECT s.id, s.service_id, s.sending_at, s.lease_token, t.status AS task_status,
+           t.delivery_policy
+    FROM sub_tasks s JOIN tasks t ON t.id = s.task_id
+    WHERE s.status = 'unknown' AND t.status <> 'paused'
+    ORDER BY s.id LIMIT :limit""")
+
+RESEND_SAME_KEY = _both("""
+    UPDATE sub_tasks
+    SET status = 'pending', pinned_service_id = service_id, next_attempt_at = 0,
+        lease_token = NULL
+    WHERE id = :id AND status = 'unknown'""")
+
+REQUEUE_UNKNOWN = _both("""
+    UPDATE sub_tasks
+    SET status = 'pending', pinned_service_id = NULL, next_attempt_at = 0, lease_token = NULL
+    WHERE id = :id AND status = 'unknown'""")
+
+FAIL_UNKNOWN = _now(
+    _both("""
+    UPDATE sub_tasks
+    SET status = 'failed', error_class = 'unknown', last_error = 'unknown_outcome',
+        finished_at = {now}
+    WHERE id = :id AND status = 'unknown'""")
+)
+
+# -- task upkeep ---------------------------------------------------------------------------------
+SKIP_SUPPRESSED = _now(
+    _both("""
+    UPDATE sub_tasks
+    SET status = 'skipped', finished_at = {now},
+        last_error = 'contact is ' || (SELECT c.status FROM contacts c
+                                       WHERE c.id = sub_tasks.contact_id)
+    WHERE status = 'pending'
+      AND contact_id IN (SELECT id FROM contacts WHERE status <> 'active')""")
+)
+
+COMPLETE_TASKS = _now(
+    _both("""
+    UPDATE tasks SET status = 'completed', completed_at = {now}
+    WHERE status = 'running'
+      AND NOT EXISTS (SELECT 1 FROM sub_tasks s WHERE s.task_id = tasks.id
+                      AND s.status IN ('pending', 'allocated', 'sending', 'unknown'))""")
+)
+
+START_SCHEDULED = _now(
+    _both("""
+    UPDATE tasks SET status = 'running', started_at = {now}
+    WHERE status = 'scheduled' AND scheduled_at <= {now}""")
+)
+
+EXPAND_TASK = {
+    dialect: f"""
+        INSERT INTO sub_tasks (task_id, contact_id, status, idempotency_key, last_error,
+                               finished_at)
+        SELECT :task_id, c.id,
+               CASE WHEN c.status = 'active' THEN 'pending' ELSE 'skipped' END,
+               {RANDOM_KEY[dialect]},
+               CASE WHEN c.status = 'active' THEN NULL ELSE 'contact is ' || c.status END,
+               CASE WHEN c.status = 'active' THEN NULL ELSE {NOW[dialect]} END
+        FROM contacts c
+        ORDER BY c.id
+        ON CONFLICT (task_id, contact_id) DO NOTHING"""
+    for dialect in ("postgresql", "sqlite")
+}
+
+CANCEL_SUBTASKS = _now(
+    _both("""
+    UPDATE sub_tasks SET status = 'cancelled', finished_at = {now}, lease_expires_at = NULL
+    WHERE task_id = :task_id AND status IN ('pending', 'allocated')""")
+)
+
+TASK_COUNTS = _both("""
+    SELECT status, count(*) AS n FROM sub_tasks WHERE task_id = :task_id GROUP BY status""")
+
+# A running task still has work while any of its sub-tasks can change by sending.
+RUNNING_WORK_LEFT = _both("""
+    SELECT count(*) FROM tasks t
+    WHERE t.status IN ('running', 'scheduled')
+      AND EXISTS (SELECT 1 FROM sub_tasks s WHERE s.task_id = t.id
+                  AND s.status IN ('pending', 'allocated', 'sending', 'unknown'))""")
+
+
+def query(sql_by_dialect: dict[str, str], dialect: str, *expanding: str) -> TextClause:
+    """The statement for one dialect, with `IN :name` lists bound as expanding parameters."""
+    return _statement(sql_by_dialect[dialect], expanding)
+
+
+@lru_cache(maxsize=256)
+def _statement(sql: str, expanding: tuple[str, ...]) -> TextClause:
+    statement = text(sql)
+    if expanding:
+        statement = statement.bindparams(*(bindparam(name, expanding=True) for name in expanding))
+    return statement
+
+
+# -- supervisor --------------------------------------------------------------------------------
+SERVICES = _both("""
+    SELECT id, name, provider, options, enabled, frozen, config_version FROM services
+    ORDER BY id""")
+
+HEARTBEAT = _now(
+    _both("""
+    INSERT INTO worker_heartbeats (instance_id, service_id, hostname, pid, state, started_at,
+                                   beat_at, restarts, last_error)
+    VALUES (:instance_id, :service_id, :hostname, :pid, :state, :started_at, {now}, :restarts,
+            :last_error)
+    ON CONFLICT (instance_id, service_id) DO UPDATE
+    SET state = excluded.state, started_at = excluded.started_at, beat_at = excluded.beat_at,
+        restarts = excluded.restarts, last_error = excluded.last_error, pid = excluded.pid""")
+)
+
+FORGET_HEARTBEATS = _both("""
+    DELETE FROM worker_heartbeats WHERE instance_id = :instance_id""")

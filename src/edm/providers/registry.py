@@ -1,0 +1,22 @@
+"""Provider names as they appear in `edm service add --provider`."""
+
+from __future__ import annotations
+
+from edm.providers.base import OptionError, Provider
+from edm.providers.sandbox import SandboxProvider
+
+PROVIDERS: dict[str, type[Provider]] = {
+    SandboxProvider.name: SandboxProvider,
+}
+
+
+def provider_class(name: str) -> type[Provider]:
+    try:
+        return PROVIDERS[name]
+    except KeyError:
+        known = ", ".join(sorted(PROVIDERS))
+        raise OptionError(f"unknown provider {name!r} (known: {known})") from None
+
+
+def make_provider(name: str, service_name: str, options: dict[str, str]) -> Provider:
+    return provider_class(name)(service_name, options)

@@ -1,0 +1,167 @@
+"""A provider that accepts mail without sending it, like a file-based mail backend.
+
+With `outbox=PATH` every call is appended to a JSON-lines file, and the file is also the
+provider's memory of accepted idempotency keys: a key accepted by any earlier process
+that wrote to the same outbox is answered with the earlier result and marked
+`"duplicate": true`, which is how a real provider treats a repeated `request_id`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import math
+import os
+import random
+import time
+import uuid
+from pathlib import Path
+
+from edm.providers.base import (
+    OptionError,
+    OutgoingMessage,
+    Provider,
+    RecipientError,
+    SendResult,
+    ServiceError,
+    TransientError,
+    UnknownOutcomeError,
+)
+
+RATE_OPTIONS = ("fail_transient", "fail_recipient", "fail_service", "fail_unknown")
+
+
+def _rate(options: dict[str, str], key: str) -> float:
+    raw = options.get(key, "0")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise OptionError(f"option {key} must be a number from 0 to 1, not {raw!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise OptionError(f"option {key} must be from 0 to 1, not {value}")
+    return value
+
+
+class _Outbox:
+    """The outbox file plus the keys it holds, re-read under an exclusive lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.accepted: dict[str, str] = {}
+        self._offset = 0
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(exist_ok=True)
+
+    def record(self, line: dict, key: str, new_message_id: str) -> tuple[str, bool]:
+        """Append one call; return the message id and whether the key was seen before."""
+        with open(self.path, "a+", encoding="utf-8") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                self._catch_up(handle)
+                earlier = self.accepted.get(key)
+                duplicate = earlier is not None
+                message_id = earlier or new_message_id
+                line = {
+                    **line,
+                    "message_id": message_id,
+                    "duplicate": duplicate,
+                    "accepted": not duplicate,
+                    "outcome": "duplicate" if duplicate else "accepted",
+                }
+                handle.seek(0, os.SEEK_END)
+                handle.write(json.dumps(line, sort_keys=True) + "\n")
+                handle.flush()
+                self._offset = handle.tell()
+                if not duplicate:
+                    self.accepted[key] = message_id
+                return message_id, duplicate
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def log_failure(self, line: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                handle.write(
+                    json.dumps({**line, "accepted": False, "duplicate": False}, sort_keys=True)
+                    + "\n"
+                )
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _catch_up(self, handle) -> None:  # type: ignore[no-untyped-def]
+        handle.seek(self._offset)
+        for raw in handle:
+            if not raw.endswith("\n"):
+                break  # a line another process is still writing
+            self._offset += len(raw.encode("utf-8"))
+            try:
+                entry = json.loads(raw)
+            except json.JSONDecodeError:
+                continue
+            if entry.get("accepted"):
+                self.accepted[entry["idempotency_key"]] = entry["message_id"]
+
+
+class SandboxProvider(Provider):
+    name = "sandbox"
+    idempotency_window = math.inf
+
+    def __init__(self, service_name: str, options: dict[str, str]) -> None:
+        super().__init__(service_name, options)
+        unknown = set(options) - {"outbox", "latency", "seed", *RATE_OPTIONS}
+        if unknown:
+            raise OptionError(f"unknown sandbox option(s): {', '.join(sorted(unknown))}")
+        try:
+            self.latency = float(options.get("latency", "0"))
+        except ValueError:
+            raise OptionError(
+                f"option latency must be seconds, not {options['latency']!r}"
+            ) from None
+        if self.latency < 0:
+            raise OptionError("option latency must not be negative")
+        self.rates = {key: _rate(options, key) for key in RATE_OPTIONS}
+        seed = options.get("seed")
+        self.random = random.Random(seed)
+        self.outbox = _Outbox(Path(options["outbox"])) if options.get("outbox") else None
+        self.accepted: dict[str, str] = {}  # used without an outbox
+
+    async def send(self, message: OutgoingMessage) -> SendResult:
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        line = {
+            "service": self.service_name,
+            "sub_task_id": message.sub_task_id,
+            "task_id": message.task_id,
+            "idempotency_key": message.idempotency_key,
+            "to": message.to_email,
+            "subject": message.subject,
+            "time": time.time(),
+        }
+        roll = self.random.random
+        for key, error in (
+            ("fail_service", ServiceError("sandbox: account suspended (simulated)")),
+            ("fail_recipient", RecipientError("sandbox: mailbox does not exist (simulated)")),
+            ("fail_transient", TransientError("sandbox: try again later (simulated)")),
+        ):
+            if self.rates[key] and roll() < self.rates[key]:
+                if self.outbox:
+                    await asyncio.to_thread(
+                        self.outbox.log_failure, {**line, "outcome": error.error_class}
+                    )
+                raise error
+        message_id, duplicate = await self._accept(line, message.idempotency_key)
+        if self.rates["fail_unknown"] and not duplicate and roll() < self.rates["fail_unknown"]:
+            raise UnknownOutcomeError("sandbox: accepted, but the answer was lost (simulated)")
+        return SendResult(provider_message_id=message_id, duplicate=duplicate)
+
+    async def _accept(self, line: dict, key: str) -> tuple[str, bool]:
+        new_id = f"sandbox-{uuid.uuid4().hex}"
+        if self.outbox:
+            return await asyncio.to_thread(self.outbox.record, line, key, new_id)
+        earlier = self.accepted.get(key)
+        if earlier:
+            return earlier, True
+        self.accepted[key] = new_id
+        return new_id, False

@@ -1,0 +1,103 @@
+"""Upkeep that every instance runs, safely at once: reaper, reconciler, task states.
+
+Nothing here needs a person or a script: expired leases come back by themselves, an
+`unknown` outcome is settled by the task's delivery policy, and tasks complete when
+no sub-task can change by sending any more.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+
+from edm.db import queries as q
+from edm.providers.base import OptionError
+from edm.providers.registry import provider_class
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class UpkeepReport:
+    reaped_allocated: int = 0
+    reaped_sending: int = 0
+    resent_same_key: int = 0
+    requeued_unknown: int = 0
+    failed_unknown: int = 0
+    skipped_suppressed: int = 0
+    started: int = 0
+    completed: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def changed(self) -> bool:
+        return any(v for k, v in vars(self).items() if k != "notes")
+
+
+def reap(engine: Engine, report: UpkeepReport) -> None:
+    """Expired `allocated` rows go back to `pending`; expired `sending` ones become `unknown`."""
+    dialect = engine.dialect.name
+    with engine.begin() as conn:
+        report.reaped_allocated += conn.execute(q.query(q.REAP_ALLOCATED, dialect)).rowcount
+        report.reaped_sending += conn.execute(q.query(q.REAP_SENDING, dialect)).rowcount
+
+
+def reconcile(engine: Engine, report: UpkeepReport, limit: int = 500) -> None:
+    """Settle `unknown` rows: same-key resend where the provider dedups, else by policy."""
+    dialect = engine.dialect.name
+    with engine.begin() as conn:
+        now = float(conn.execute(q.query(q.SELECT_NOW, dialect)).scalar_one())
+        services = {row.id: row for row in conn.execute(q.query(q.SERVICES, dialect))}
+        for row in conn.execute(q.query(q.UNKNOWN_ROWS, dialect), {"limit": limit}).all():
+            action = _decide(row, services.get(row.service_id), now)
+            statement = {
+                "resend": q.RESEND_SAME_KEY,
+                "requeue": q.REQUEUE_UNKNOWN,
+                "fail": q.FAIL_UNKNOWN,
+            }[action]
+            if conn.execute(q.query(statement, dialect), {"id": row.id}).rowcount:
+                if action == "resend":
+                    report.resent_same_key += 1
+                elif action == "requeue":
+                    report.requeued_unknown += 1
+                else:
+                    report.failed_unknown += 1
+
+
+def _decide(row, service, now: float) -> str:  # type: ignore[no-untyped-def]
+    if row.task_status == "cancelled":
+        return "fail"
+    usable = service is not None and service.enabled and not service.frozen
+    if usable:
+        try:
+            window = provider_class(service.provider).idempotency_window
+        except OptionError:
+            window = None
+        if window is not None and now - (row.sending_at or 0.0) < window:
+            return "resend"
+    return "requeue" if row.delivery_policy == "at_least_once" else "fail"
+
+
+def upkeep_tasks(engine: Engine, report: UpkeepReport) -> None:
+    dialect = engine.dialect.name
+    with engine.begin() as conn:
+        report.started += conn.execute(q.query(q.START_SCHEDULED, dialect)).rowcount
+        report.skipped_suppressed += conn.execute(q.query(q.SKIP_SUPPRESSED, dialect)).rowcount
+        report.completed += conn.execute(q.query(q.COMPLETE_TASKS, dialect)).rowcount
+
+
+def run_upkeep(engine: Engine) -> UpkeepReport:
+    report = UpkeepReport()
+    reap(engine, report)
+    reconcile(engine, report)
+    upkeep_tasks(engine, report)
+    if report.changed():
+        log.info("upkeep: %s", {k: v for k, v in vars(report).items() if v and k != "notes"})
+    return report
+
+
+def work_left(engine: Engine) -> int:
+    """Running or scheduled tasks that still have a sub-task that can change by sending."""
+    with engine.connect() as conn:
+        return int(conn.execute(q.query(q.RUNNING_WORK_LEFT, engine.dialect.name)).scalar_one())

@@ -1,0 +1,172 @@
+"""Sub-task writes after the claim, each fenced by the claim's lease token.
+
+A write whose fence no longer matches (the lease ran out and another claim took the
+row) changes nothing; the provider's real answer is still kept in `send_attempts`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from edm.config import Settings
+from edm.db import queries as q
+from edm.scheduler.retry import backoff_seconds
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Settle:
+    """A claimed row settled before any call: skipped (suppressed) or failed (template)."""
+
+    id: int
+    status: str
+    error: str
+    error_class: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one provider call came to."""
+
+    sub_task_id: int
+    attempts: int
+    kind: str  # sent | transient | recipient | service | unknown
+    started_at: float
+    message_id: str | None = None
+    error: str | None = None
+    retry_after: float | None = None
+
+
+def mark_sending(
+    engine: Engine, token: str, ids: list[int], settles: list[Settle], lease_seconds: float
+) -> dict[int, int]:
+    """Commit `sending` before the call; return {id: attempts} of the rows that may be sent.
+
+    Rows that may not be sent now (task no longer running) are released to `pending`
+    in the same transaction.
+    """
+    dialect = engine.dialect.name
+    with engine.begin() as conn:
+        for settle in settles:
+            conn.execute(
+                q.query(q.SETTLE_ALLOCATED, dialect),
+                {
+                    "id": settle.id,
+                    "token": token,
+                    "status": settle.status,
+                    "error": settle.error,
+                    "error_class": settle.error_class,
+                },
+            )
+        if not ids:
+            return {}
+        sending = {
+            row.id: row.attempts
+            for row in conn.execute(
+                q.query(q.MARK_SENDING, dialect, "ids"),
+                {"ids": ids, "token": token, "lease_seconds": lease_seconds},
+            )
+        }
+        rest = [i for i in ids if i not in sending]
+        if rest:
+            conn.execute(q.query(q.RELEASE, dialect, "ids"), {"ids": rest, "token": token})
+    return sending
+
+
+def release(engine: Engine, token: str, ids: list[int]) -> None:
+    if ids:
+        with engine.begin() as conn:
+            conn.execute(
+                q.query(q.RELEASE, engine.dialect.name, "ids"), {"ids": ids, "token": token}
+            )
+
+
+def record_outcomes(
+    engine: Engine, service_id: int, token: str, outcomes: list[Outcome], settings: Settings
+) -> None:
+    """Apply the results of a group of calls in one transaction."""
+    dialect = engine.dialect.name
+    attempts_log = []
+    with engine.begin() as conn:
+        for outcome in outcomes:
+            statement, params = _transition(outcome, settings)
+            params.update(id=outcome.sub_task_id, token=token)
+            applied = conn.execute(q.query(statement, dialect), params).rowcount == 1
+            if not applied:
+                log.warning(
+                    "sub-task %s: lease taken over, %s outcome kept in send_attempts only",
+                    outcome.sub_task_id,
+                    outcome.kind,
+                )
+            elif outcome.kind == "recipient":
+                conn.execute(
+                    q.query(q.MARK_CONTACT_INVALID, dialect),
+                    {"sub_task_id": outcome.sub_task_id, "reason": outcome.error},
+                )
+            attempts_log.append(
+                {
+                    "sub_task_id": outcome.sub_task_id,
+                    "service_id": service_id,
+                    "token": token,
+                    "started_at": outcome.started_at,
+                    "outcome": outcome.kind,
+                    "message_id": outcome.message_id,
+                    "error": outcome.error,
+                    "fenced": not applied,
+                }
+            )
+        if attempts_log:
+            conn.execute(q.query(q.LOG_ATTEMPT, dialect), attempts_log)
+        service_errors = [o for o in outcomes if o.kind == "service"]
+        if service_errors:
+            conn.execute(
+                q.query(q.FREEZE_SERVICE, dialect),
+                {"service_id": service_id, "reason": service_errors[0].error},
+            )
+        retry_after = max((o.retry_after or 0.0) for o in outcomes)
+        if retry_after > 0:
+            conn.execute(
+                q.query(q.PAUSE_SERVICE, dialect),
+                {"service_id": service_id, "seconds": retry_after},
+            )
+
+
+def _transition(outcome: Outcome, settings: Settings) -> tuple[dict[str, str], dict]:
+    if outcome.kind == "sent":
+        return q.MARK_SENT, {"message_id": outcome.message_id}
+    if outcome.kind == "unknown":
+        return q.MARK_UNKNOWN, {"error": outcome.error}
+    if outcome.kind == "recipient":
+        return q.MARK_FINAL, {
+            "status": "failed",
+            "error": outcome.error,
+            "error_class": "recipient",
+        }
+    if outcome.kind == "service":
+        # Not the sub-task's fault: back to the pool at once, the attempt not counted.
+        return q.MARK_RETRY, {
+            "delay": 0.0,
+            "refund": 1,
+            "error": outcome.error,
+            "error_class": "service",
+        }
+    if outcome.attempts >= settings.max_attempts:
+        return q.MARK_FINAL, {
+            "status": "failed",
+            "error": f"attempts exhausted ({outcome.attempts}): {outcome.error}",
+            "error_class": "transient",
+        }
+    delay = backoff_seconds(
+        outcome.attempts, settings.retry_base_seconds, settings.retry_max_seconds
+    )
+    delay = max(delay, outcome.retry_after or 0.0)
+    return q.MARK_RETRY, {
+        "delay": delay,
+        "refund": 0,
+        "error": outcome.error,
+        "error_class": "transient",
+    }

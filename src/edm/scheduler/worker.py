@@ -1,0 +1,303 @@
+"""The loop that sends for one service.
+
+It claims up to its pace allows, waits for each row's slot, commits `sending`, calls the
+provider and records the outcome. Claims are pipelined: while one group is on the
+wire the next can be claimed, up to `max_in_flight` rows. It sleeps until its next slot
+(computed from the database's clock), or until woken by new work, or for one short idle
+poll: it never polls on a fixed period that would stretch the pace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from edm.config import Settings
+from edm.db import queries as q
+from edm.messages import TaskTemplates, TemplateError
+from edm.providers.base import OutgoingMessage, Provider, ProviderError
+from edm.scheduler.claim import Claim, ClaimedRow, claim
+from edm.scheduler.transitions import Outcome, Settle, mark_sending, record_outcomes, release
+
+log = logging.getLogger(__name__)
+
+# Longest single sleep while waiting for a pace slot, so an operator's change of interval
+# is seen without a restart.
+MAX_PACE_SLEEP = 5.0
+
+
+@dataclass(frozen=True)
+class ServiceInfo:
+    id: int
+    name: str
+    provider: str
+    options: dict
+    config_version: int
+
+
+@dataclass
+class Counters:
+    claimed: int = 0
+    sent: int = 0
+    failed: int = 0
+    retried: int = 0
+    unknown: int = 0
+
+
+class ServiceWorker:
+    def __init__(
+        self, engine: Engine, settings: Settings, service: ServiceInfo, provider: Provider
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.service = service
+        self.provider = provider
+        self.counters = Counters()
+        self.stopping = False
+        self.last_loop_at = time.time()
+        self._wake = asyncio.Event()
+        self._capacity = asyncio.Event()
+        self._in_flight = 0
+        self._batches: set[asyncio.Task] = set()
+        self._failure: BaseException | None = None
+        self._tasks: dict[int, tuple[TaskTemplates | TemplateError, str | None]] = {}
+
+    # -- control ------------------------------------------------------------------------------
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Stop claiming; groups already on the wire finish, the rest is released."""
+        self.stopping = True
+        self._wake.set()
+        self._capacity.set()
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    # -- main loop ------------------------------------------------------------------------------
+    async def run(self) -> None:
+        try:
+            while not self.stopping:
+                self.last_loop_at = time.time()
+                if self._failure:
+                    raise self._failure
+                room = self.settings.max_in_flight - self._in_flight
+                if room <= 0:
+                    self._capacity.clear()
+                    await self._capacity.wait()
+                    continue
+                taken = await asyncio.to_thread(
+                    claim,
+                    self.engine,
+                    self.service.id,
+                    min(self.settings.batch_size, room),
+                    lease_seconds=self.settings.lease_seconds,
+                    lookahead=self.settings.lookahead_seconds,
+                )
+                if taken.rows:
+                    self._start_batch(taken)
+                    continue
+                if taken.wake_at is None:
+                    delay = self.settings.idle_poll_seconds
+                else:
+                    delay = min(max(taken.wake_at - taken.db_now, 0.0), MAX_PACE_SLEEP)
+                await self._sleep(delay)
+        finally:
+            self.stopping = True
+            if self._batches:
+                await asyncio.gather(*self._batches, return_exceptions=True)
+            await self.provider.close()
+        if self._failure:
+            raise self._failure
+
+    async def _sleep(self, seconds: float) -> None:
+        self._wake.clear()
+        if seconds <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+
+    def _start_batch(self, taken: Claim) -> None:
+        self._in_flight += len(taken.rows)
+        self.counters.claimed += len(taken.rows)
+        task = asyncio.create_task(self._process(taken))
+        self._batches.add(task)
+        task.add_done_callback(self._batch_done)
+
+    def _batch_done(self, task: asyncio.Task) -> None:
+        self._batches.discard(task)
+        if not task.cancelled() and task.exception() and not self._failure:
+            self._failure = task.exception()
+            self._wake.set()
+
+    def _finished(self, count: int) -> None:
+        self._in_flight -= count
+        self._capacity.set()
+
+    # -- one claim: wait for each slot, send, record -----------------------------------------------
+    async def _process(self, taken: Claim) -> None:
+        loop = asyncio.get_running_loop()
+        db_offset = taken.db_now - loop.time()  # database clock = loop.time() + db_offset
+        remaining = list(taken.rows)
+        sends: list[asyncio.Task] = []
+        try:
+            while remaining and not self.stopping:
+                wait = remaining[0].slot_at - (loop.time() + db_offset)
+                if wait > 0:
+                    await self._sleep_unless_stopping(wait)
+                    if self.stopping:
+                        break
+                now = loop.time() + db_offset
+                due = [row for row in remaining if row.slot_at <= now + 1e-3]
+                remaining = remaining[len(due) :]
+                send = await self._start_group(taken, due)
+                if send:
+                    sends.append(send)
+        finally:
+            if remaining:
+                await asyncio.to_thread(
+                    release, self.engine, taken.token, [row.id for row in remaining]
+                )
+                self._finished(len(remaining))
+            if sends:
+                await asyncio.gather(*sends)
+
+    async def _sleep_unless_stopping(self, seconds: float) -> None:
+        stop_poll = 0.05
+        deadline = time.monotonic() + seconds
+        while not self.stopping:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            await asyncio.sleep(min(left, stop_poll))
+
+    async def _start_group(self, taken: Claim, rows: list[ClaimedRow]) -> asyncio.Task | None:
+        messages: dict[int, OutgoingMessage] = {}
+        settles: list[Settle] = []
+        for row in rows:
+            contact = taken.contacts.get(row.contact_id)
+            if contact is None or contact["status"] != "active":
+                status = contact["status"] if contact else "deleted"
+                settles.append(Settle(row.id, "skipped", f"contact is {status}"))
+                continue
+            try:
+                messages[row.id] = await self._message(row, contact)
+            except TemplateError as exc:
+                settles.append(Settle(row.id, "failed", str(exc), "template"))
+        sending = await asyncio.to_thread(
+            mark_sending,
+            self.engine,
+            taken.token,
+            list(messages),
+            settles,
+            self.settings.lease_seconds,
+        )
+        self._finished(len(rows) - len(sending))
+        if not sending:
+            return None
+        group = [(messages[i], attempts) for i, attempts in sending.items()]
+        return asyncio.create_task(self._send_group(taken.token, group))
+
+    async def _message(self, row: ClaimedRow, contact: dict) -> OutgoingMessage:
+        content = self._tasks.get(row.task_id)
+        if content is None:
+            content = await asyncio.to_thread(self._load_task, row.task_id)
+            self._tasks[row.task_id] = content
+        templates, from_addr = content
+        if isinstance(templates, TemplateError):
+            raise templates
+        rendered = templates.render(contact)
+        return OutgoingMessage(
+            sub_task_id=row.id,
+            task_id=row.task_id,
+            idempotency_key=row.idempotency_key,
+            to_email=contact["email"],
+            to_name=contact.get("name"),
+            from_addr=from_addr,
+            subject=rendered.subject,
+            html=rendered.html,
+            text=rendered.text,
+        )
+
+    def _load_task(self, task_id: int) -> tuple[TaskTemplates | TemplateError, str | None]:
+        """A task's compiled templates; a task's content does not change once created."""
+        with self.engine.connect() as conn:
+            task = conn.execute(
+                q.query(q.TASK_CONTENT, self.engine.dialect.name), {"task_id": task_id}
+            ).one()
+        try:
+            return TaskTemplates(task.subject, task.html, task.text_body), task.from_addr
+        except TemplateError as exc:
+            return exc, task.from_addr
+
+    async def _send_group(self, token: str, group: list[tuple[OutgoingMessage, int]]) -> None:
+        try:
+            outcomes = await asyncio.gather(*(self._send_one(m, a) for m, a in group))
+            await asyncio.to_thread(
+                record_outcomes, self.engine, self.service.id, token, list(outcomes), self.settings
+            )
+            for outcome in outcomes:
+                self._count(outcome)
+            if any(o.kind == "service" for o in outcomes):
+                log.error(
+                    "service %s frozen: %s",
+                    self.service.name,
+                    next(o.error for o in outcomes if o.kind == "service"),
+                )
+                self.stop()
+        finally:
+            self._finished(len(group))
+
+    async def _send_one(self, message: OutgoingMessage, attempts: int) -> Outcome:
+        started = time.time()
+        # Our side gives up before the lease runs out, so the reaper never races a live call.
+        timeout = max(self.settings.lease_seconds * 0.8, 0.01)
+        try:
+            result = await asyncio.wait_for(self.provider.send(message), timeout=timeout)
+        except ProviderError as exc:
+            error = f"{exc}" + (f" (code {exc.code})" if exc.code else "")
+            return Outcome(
+                message.sub_task_id,
+                attempts,
+                exc.error_class,
+                started,
+                error=error,
+                retry_after=exc.retry_after,
+            )
+        except TimeoutError:
+            return Outcome(
+                message.sub_task_id,
+                attempts,
+                "unknown",
+                started,
+                error=f"no answer from the provider within {timeout:.1f}s",
+            )
+        except Exception as exc:  # a provider bug: the request may have left, never resend blindly
+            log.exception("provider %s raised", self.service.name)
+            return Outcome(
+                message.sub_task_id,
+                attempts,
+                "unknown",
+                started,
+                error=f"provider raised {type(exc).__name__}: {exc}",
+            )
+        return Outcome(
+            message.sub_task_id, attempts, "sent", started, message_id=result.provider_message_id
+        )
+
+    def _count(self, outcome: Outcome) -> None:
+        if outcome.kind == "sent":
+            self.counters.sent += 1
+        elif outcome.kind == "unknown":
+            self.counters.unknown += 1
+        elif outcome.kind in ("transient", "service"):
+            self.counters.retried += 1
+        else:
+            self.counters.failed += 1

@@ -1,0 +1,131 @@
+"""Managing sending services: add, list, freeze, unfreeze, enable, disable."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from edm.db.models import Service, WorkerHeartbeat
+from edm.db.notify import notify
+from edm.providers.base import OptionError
+from edm.providers.registry import provider_class
+
+
+class ServiceInputError(ValueError):
+    """Bad input for a service command; the message names what is wrong."""
+
+
+@dataclass(frozen=True)
+class ServiceView:
+    id: int
+    name: str
+    provider: str
+    interval_seconds: float
+    daily_quota: int | None
+    quota_used_today: int
+    enabled: bool
+    frozen: bool
+    frozen_reason: str | None
+    last_error: str | None
+    workers_alive: int
+    options: dict
+
+
+def parse_options(pairs: list[str]) -> dict[str, str]:
+    options: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ServiceInputError(f"--option must be KEY=VALUE, not {pair!r}")
+        options[key.strip()] = value
+    return options
+
+
+def add_service(
+    engine: Engine,
+    name: str,
+    provider: str,
+    interval: float,
+    daily_quota: int | None = None,
+    options: dict[str, str] | None = None,
+) -> int:
+    name = name.strip()
+    if not name:
+        raise ServiceInputError("service name must not be empty")
+    if interval < 0:
+        raise ServiceInputError(f"--interval must be 0 or more seconds, not {interval}")
+    if daily_quota is not None and daily_quota < 0:
+        raise ServiceInputError(f"--daily-quota must be 0 or more, not {daily_quota}")
+    options = options or {}
+    try:
+        provider_class(provider)(name, options)  # validates the options
+    except OptionError as exc:
+        raise ServiceInputError(str(exc)) from None
+    with Session(engine) as session, session.begin():
+        if session.scalar(select(Service.id).where(Service.name == name)):
+            raise ServiceInputError(f"a service named {name!r} already exists")
+        service = Service(
+            name=name,
+            provider=provider,
+            options=options,
+            interval_seconds=float(interval),
+            daily_quota=daily_quota,
+            created_at=time.time(),
+        )
+        session.add(service)
+        session.flush()
+        notify(session.connection(), "services")
+        return service.id
+
+
+def get_service(session: Session, name: str) -> Service:
+    service = session.scalar(select(Service).where(Service.name == name))
+    if service is None:
+        raise ServiceInputError(f"unknown service {name!r}")
+    return service
+
+
+def set_frozen(engine: Engine, name: str, frozen: bool, reason: str | None = None) -> None:
+    with Session(engine) as session, session.begin():
+        service = get_service(session, name)
+        service.frozen = frozen
+        service.frozen_reason = (reason or "frozen by an operator") if frozen else None
+        service.frozen_at = time.time() if frozen else None
+        notify(session.connection(), "services")
+
+
+def set_enabled(engine: Engine, name: str, enabled: bool) -> None:
+    with Session(engine) as session, session.begin():
+        get_service(session, name).enabled = enabled
+        notify(session.connection(), "services")
+
+
+def list_services(engine: Engine, heartbeat_max_age: float = 30.0) -> list[ServiceView]:
+    from edm.scheduler.pace import utc_day
+
+    now = time.time()
+    with Session(engine) as session:
+        beats: dict[int, int] = {}
+        for beat in session.scalars(select(WorkerHeartbeat)):
+            if beat.state == "running" and now - beat.beat_at <= heartbeat_max_age:
+                beats[beat.service_id] = beats.get(beat.service_id, 0) + 1
+        return [
+            ServiceView(
+                id=s.id,
+                name=s.name,
+                provider=s.provider,
+                interval_seconds=s.interval_seconds,
+                daily_quota=s.daily_quota,
+                quota_used_today=s.quota_used if s.quota_day == utc_day(now) else 0,
+                enabled=s.enabled,
+                frozen=s.frozen,
+                frozen_reason=s.frozen_reason,
+                last_error=s.last_error,
+                workers_alive=beats.get(s.id, 0),
+                options=s.options,
+            )
+            for s in session.scalars(select(Service).order_by(Service.id))
+        ]
