@@ -83,6 +83,13 @@ class Supervisor:
         self._stop.set()
         self._resync.set()
 
+    def stop_from_thread(self) -> None:
+        """request_stop for callers outside the supervisor's event loop."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # closed in between: already stopped
+                loop.call_soon_threadsafe(self.request_stop)
+
     def on_notify(self, payload: str) -> None:
         """Called from the LISTEN thread."""
         if self._loop:
