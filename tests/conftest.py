@@ -1,0 +1,83 @@
+"""Fixtures: every database test runs on SQLite and on a real PostgreSQL.
+
+PostgreSQL gets a fresh database per test run, dropped at the end. Locally a missing
+PostgreSQL skips its half; in CI (CI=true) it fails the run.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy import Engine, text
+
+from edm.config import get_settings
+from edm.db import open_database
+from tests.helpers import FAST_ENV
+
+PG_ADMIN_URL = os.environ.get("EDM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+TABLES = ("send_attempts", "worker_heartbeats", "sub_tasks", "task_services", "tasks",
+          "contacts", "services")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    try:
+        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL is required in CI and unreachable: {exc}")
+        pytest.skip(f"PostgreSQL unreachable: {exc}")
+    name = f"edm_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    open_database(url).dispose()
+    try:
+        yield url
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'edm.db'}"
+    url = request.getfixturevalue("postgres_url")
+    engine = open_database(url, migrate=False)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+def pg_url(postgres_url: str) -> str:
+    """PostgreSQL only, for cases that need several processes on one database."""
+    engine = open_database(postgres_url, migrate=False)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+    return postgres_url
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    engine = open_database(db_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def env(db_url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The environment for `edm` subprocesses and in-process CLI calls."""
+    values = {**FAST_ENV, "EDM_DATABASE_URL": db_url}
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    yield {**os.environ, **values}
+    get_settings.cache_clear()

@@ -1,0 +1,119 @@
+"""Helpers shared by the tests: running real `edm` processes and reading outcomes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy import Engine, text
+
+from edm.contacts import add_contacts
+
+# Short intervals and leases so the suite stays fast.
+FAST_ENV = {
+    "EDM_LEASE_SECONDS": "1.0",
+    "EDM_LOOKAHEAD_SECONDS": "0.3",
+    "EDM_IDLE_POLL_SECONDS": "0.1",
+    "EDM_SUPERVISOR_SECONDS": "0.3",
+    "EDM_MAINTENANCE_SECONDS": "0.2",
+    "EDM_RETRY_BASE_SECONDS": "0.05",
+    "EDM_RETRY_MAX_SECONDS": "0.2",
+    "EDM_RESTART_BACKOFF_SECONDS": "0.1",
+    "EDM_SHUTDOWN_GRACE_SECONDS": "5",
+}
+
+
+class Worker:
+    """One real `edm worker` process, its output kept in files."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path, *args: str) -> None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        stamp = f"{time.monotonic_ns()}"
+        self.stdout_path = log_dir / f"worker-{stamp}.out"
+        self.stderr_path = log_dir / f"worker-{stamp}.err"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "edm", "worker", *args],
+            env=env, stdout=self.stdout_path.open("w"), stderr=self.stderr_path.open("w"),
+        )
+
+    @property
+    def stdout(self) -> str:
+        return self.stdout_path.read_text()
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"worker did not exit within {timeout}s:\n{self.stderr[-3000:]}")
+
+    def terminate(self, timeout: float = 10.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str,
+             interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def make_contacts(engine: Engine, count: int, prefix: str = "user") -> None:
+    add_contacts(engine, [{"email": f"{prefix}{i:05d}@example.com", "name": f"User {i}"}
+                          for i in range(count)])
+
+
+def status_counts(engine: Engine, task_id: int) -> Counter:
+    with engine.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT status, count(*) FROM sub_tasks WHERE task_id = :t GROUP BY status"),
+            {"t": task_id})
+        return Counter({status: n for status, n in rows})
+
+
+def sent_by_service(engine: Engine, task_id: int) -> Counter:
+    with engine.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT s.name, count(*) FROM sub_tasks st JOIN services s ON s.id = st.service_id"
+            " WHERE st.task_id = :t AND st.status = 'sent' GROUP BY s.name"), {"t": task_id})
+        return Counter({name: n for name, n in rows})
+
+
+def scalar(engine: Engine, sql: str, **params: object) -> object:
+    with engine.connect() as conn:
+        return conn.execute(text(sql), params).scalar()
+
+
+def task_status(engine: Engine, task_id: int) -> str:
+    return str(scalar(engine, "SELECT status FROM tasks WHERE id = :t", t=task_id))
+
+
+def read_outbox(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def child_env(env: dict[str, str], **overrides: str) -> dict[str, str]:
+    return {**env, **overrides, "PYTHONUNBUFFERED": "1", "PATH": os.environ.get("PATH", "")}
