@@ -154,8 +154,10 @@ def final_state(target: Target, task_id: int) -> dict[str, Any]:
             counts = {
                 row.status: int(row.n)
                 for row in conn.execute(
-                    text("SELECT status, count(*) AS n FROM sub_tasks WHERE task_id = :t "
-                         "GROUP BY status"),
+                    text(
+                        "SELECT status, count(*) AS n FROM sub_tasks WHERE task_id = :t "
+                        "GROUP BY status"
+                    ),
                     {"t": task_id},
                 )
             }
@@ -178,7 +180,7 @@ def check(label: str, state: dict[str, Any], subtasks: int) -> list[str]:
         problems.append(f"{label}: unfinished sub-tasks left: {left}")
     other = set(counts) - {"sent", *UNFINISHED}
     if other:
-        problems.append(f"{label}: unexpected states {({s: counts[s] for s in other})}")
+        problems.append(f"{label}: unexpected states { ({s: counts[s] for s in other}) }")
     return problems
 
 
@@ -491,8 +493,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def print_table(rows: list[Row]) -> None:
     print()
-    print(f"{'db':<11} {'subtasks':>8}  {'engine/s':>8}  {'baseline/s':>10}  {'ratio':>5}  "
-          f"{'peak MiB':>8}")
+    print(
+        f"{'db':<11} {'subtasks':>8}  {'engine/s':>8}  {'baseline/s':>10}  {'ratio':>5}  "
+        f"{'peak MiB':>8}"
+    )
     for row in rows:
         print(
             f"{row.db:<11} {row.subtasks:>8}  {row.engine.rate(row.subtasks):>8.0f}  "

@@ -20,8 +20,15 @@ from edm.db import open_database
 from tests.helpers import FAST_ENV
 
 PG_ADMIN_URL = os.environ.get("EDM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
-TABLES = ("send_attempts", "worker_heartbeats", "sub_tasks", "task_services", "tasks",
-          "contacts", "services")
+TABLES = (
+    "send_attempts",
+    "worker_heartbeats",
+    "sub_tasks",
+    "task_services",
+    "tasks",
+    "contacts",
+    "services",
+)
 
 
 @pytest.fixture(scope="session")

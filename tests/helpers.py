@@ -40,7 +40,9 @@ class Worker:
         self.stderr_path = log_dir / f"worker-{stamp}.err"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "edm", "worker", *args],
-            env=env, stdout=self.stdout_path.open("w"), stderr=self.stderr_path.open("w"),
+            env=env,
+            stdout=self.stdout_path.open("w"),
+            stderr=self.stderr_path.open("w"),
         )
 
     @property
@@ -56,7 +58,9 @@ class Worker:
             return self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise AssertionError(f"worker did not exit within {timeout}s:\n{self.stderr[-3000:]}")
+            raise AssertionError(
+                f"worker still running after {timeout}s:\n{self.stderr[-3000:]}"
+            ) from None
 
     def terminate(self, timeout: float = 10.0) -> int:
         if self.process.poll() is None:
@@ -69,8 +73,9 @@ class Worker:
             self.process.wait()
 
 
-def wait_for(predicate: Callable[[], object], timeout: float, what: str,
-             interval: float = 0.05) -> None:
+def wait_for(
+    predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.05
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -80,23 +85,30 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str,
 
 
 def make_contacts(engine: Engine, count: int, prefix: str = "user") -> None:
-    add_contacts(engine, [{"email": f"{prefix}{i:05d}@example.com", "name": f"User {i}"}
-                          for i in range(count)])
+    add_contacts(
+        engine,
+        [{"email": f"{prefix}{i:05d}@example.com", "name": f"User {i}"} for i in range(count)],
+    )
 
 
 def status_counts(engine: Engine, task_id: int) -> Counter:
     with engine.connect() as conn:
-        rows = conn.execute(text(
-            "SELECT status, count(*) FROM sub_tasks WHERE task_id = :t GROUP BY status"),
-            {"t": task_id})
+        rows = conn.execute(
+            text("SELECT status, count(*) FROM sub_tasks WHERE task_id = :t GROUP BY status"),
+            {"t": task_id},
+        )
         return Counter({status: n for status, n in rows})
 
 
 def sent_by_service(engine: Engine, task_id: int) -> Counter:
     with engine.connect() as conn:
-        rows = conn.execute(text(
-            "SELECT s.name, count(*) FROM sub_tasks st JOIN services s ON s.id = st.service_id"
-            " WHERE st.task_id = :t AND st.status = 'sent' GROUP BY s.name"), {"t": task_id})
+        rows = conn.execute(
+            text(
+                "SELECT s.name, count(*) FROM sub_tasks st JOIN services s ON s.id = st.service_id"
+                " WHERE st.task_id = :t AND st.status = 'sent' GROUP BY s.name"
+            ),
+            {"t": task_id},
+        )
         return Counter({name: n for name, n in rows})
 
 

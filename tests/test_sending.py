@@ -71,9 +71,16 @@ def _send_times(engine: Engine, service: str) -> list[float]:
     from sqlalchemy import text
 
     with engine.connect() as conn:
-        return [row[0] for row in conn.execute(text(
-            "SELECT a.started_at FROM send_attempts a JOIN services s ON s.id = a.service_id"
-            " WHERE s.name = :n ORDER BY a.started_at"), {"n": service})]
+        return [
+            row[0]
+            for row in conn.execute(
+                text(
+                    "SELECT a.started_at FROM send_attempts a JOIN services s"
+                    " ON s.id = a.service_id WHERE s.name = :n ORDER BY a.started_at"
+                ),
+                {"n": service},
+            )
+        ]
 
 
 def test_frozen_service_hands_its_share_to_the_other_and_comes_back(
@@ -94,8 +101,11 @@ def test_frozen_service_hands_its_share_to_the_other_and_comes_back(
         assert sent_by_service(engine, task_id)["a"] == frozen_count, "a sent while frozen"
 
         services_mod.set_frozen(engine, "a", False)
-        wait_for(lambda: sent_by_service(engine, task_id)["a"] > frozen_count, 5,
-                 "a to resume without a restart")
+        wait_for(
+            lambda: sent_by_service(engine, task_id)["a"] > frozen_count,
+            5,
+            "a to resume without a restart",
+        )
         assert worker.wait(60) == 0, worker.stderr
     finally:
         worker.kill()
@@ -136,8 +146,9 @@ def test_quota_alone_leaves_the_rest_pending(
 def test_transient_failures_are_retried_and_succeed(
     engine: Engine, env: dict[str, str], tmp_path: Path
 ) -> None:
-    services_mod.add_service(engine, "flaky", "sandbox", 0.0,
-                             options={"fail_transient": "0.4", "seed": "7"})
+    services_mod.add_service(
+        engine, "flaky", "sandbox", 0.0, options={"fail_transient": "0.4", "seed": "7"}
+    )
     make_contacts(engine, 40)
     task_id = tasks_mod.create_task(engine, "t", "s", text_body="x", start=True)
 
@@ -174,8 +185,14 @@ def test_recipient_failures_end_failed_with_the_reason(
     assert Worker(env, tmp_path, "--exit-when-idle").wait(60) == 0
     assert status_counts(engine, task_id) == {"failed": 10}
     assert task_status(engine, task_id) == "completed"
-    assert scalar(engine, "SELECT count(*) FROM sub_tasks WHERE error_class = 'recipient'"
-                  " AND last_error LIKE '%mailbox does not exist%'") == 10
+    assert (
+        scalar(
+            engine,
+            "SELECT count(*) FROM sub_tasks WHERE error_class = 'recipient'"
+            " AND last_error LIKE '%mailbox does not exist%'",
+        )
+        == 10
+    )
     assert scalar(engine, "SELECT count(*) FROM contacts WHERE status = 'invalid'") == 10
 
 
@@ -190,8 +207,14 @@ def test_service_error_freezes_the_service_and_others_finish(
     assert Worker(env, tmp_path, "--exit-when-idle").wait(60) == 0
     assert status_counts(engine, task_id) == {"sent": 100}
     assert sent_by_service(engine, task_id) == {"good": 100}
-    assert scalar(engine, "SELECT count(*) FROM send_attempts a JOIN services s"
-                  " ON s.id = a.service_id WHERE s.name = 'broken'") >= 1
+    assert (
+        scalar(
+            engine,
+            "SELECT count(*) FROM send_attempts a JOIN services s"
+            " ON s.id = a.service_id WHERE s.name = 'broken'",
+        )
+        >= 1
+    )
     broken = {v.name: v for v in services_mod.list_services(engine)}["broken"]
     assert broken.frozen
     assert "suspended" in broken.frozen_reason
@@ -203,23 +226,30 @@ def test_suppressed_contacts_are_skipped(
     from edm.contacts import add_contacts
 
     services_mod.add_service(engine, "s", "sandbox", 0.0)
-    add_contacts(engine, [
-        {"email": "ok@example.com"},
-        {"email": "gone@example.com", "status": "unsubscribed"},
-        {"email": "later@example.com"},
-    ])
+    add_contacts(
+        engine,
+        [
+            {"email": "ok@example.com"},
+            {"email": "gone@example.com", "status": "unsubscribed"},
+            {"email": "later@example.com"},
+        ],
+    )
     task_id = tasks_mod.create_task(engine, "t", "s", text_body="x")
     with engine.begin() as conn:  # suppressed after the task was created, before it starts
         from sqlalchemy import text
 
-        conn.execute(text("UPDATE contacts SET status = 'bounced'"
-                          " WHERE email = 'later@example.com'"))
+        conn.execute(
+            text("UPDATE contacts SET status = 'bounced' WHERE email = 'later@example.com'")
+        )
     tasks_mod.start_task(engine, task_id)
 
     assert Worker(env, tmp_path, "--exit-when-idle").wait(60) == 0
     assert status_counts(engine, task_id) == {"sent": 1, "skipped": 2}
-    reasons = scalar(engine, "SELECT count(*) FROM sub_tasks WHERE status = 'skipped'"
-                     " AND last_error IN ('contact is unsubscribed', 'contact is bounced')")
+    reasons = scalar(
+        engine,
+        "SELECT count(*) FROM sub_tasks WHERE status = 'skipped'"
+        " AND last_error IN ('contact is unsubscribed', 'contact is bounced')",
+    )
     assert reasons == 2
 
 
@@ -241,8 +271,11 @@ def test_pause_resume_and_cancel_take_effect_promptly(
         assert status_counts(engine, task_id)["sent"] == paused_at["sent"], "sent while paused"
 
         tasks_mod.resume_task(engine, task_id)
-        wait_for(lambda: status_counts(engine, task_id)["sent"] > paused_at["sent"], 5,
-                 "sending to resume")
+        wait_for(
+            lambda: status_counts(engine, task_id)["sent"] > paused_at["sent"],
+            5,
+            "sending to resume",
+        )
         tasks_mod.cancel_task(engine, task_id)
         time.sleep(0.5)
         counts = status_counts(engine, task_id)
@@ -265,8 +298,9 @@ def test_service_added_while_running_is_picked_up_without_restart(
     try:
         wait_for(lambda: sent_by_service(engine, task_id)["first"] >= 2, 20, "first sends")
         services_mod.add_service(engine, "second", "sandbox", 0.02)
-        wait_for(lambda: sent_by_service(engine, task_id)["second"] >= 1, 5,
-                 "the new service to send")
+        wait_for(
+            lambda: sent_by_service(engine, task_id)["second"] >= 1, 5, "the new service to send"
+        )
     finally:
         assert worker.terminate() == 0
 
