@@ -83,3 +83,58 @@ def test_startup_reports_services_that_could_not_start(
 
 def _alive(engine: Engine) -> dict[str, int]:
     return {v.name: v.workers_alive for v in services_mod.list_services(engine) if v.workers_alive}
+
+
+def test_notify_wakes_idle_workers_and_the_supervisor_at_once(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL new work and new services arrive by NOTIFY, not by polling."""
+    import os
+
+    from edm.config import get_settings
+    from edm.db import open_database
+    from tests.helpers import FAST_ENV, sent_by_service
+
+    slow_polls = {"EDM_IDLE_POLL_SECONDS": "30", "EDM_SUPERVISOR_SECONDS": "30"}
+    env = {**os.environ, **FAST_ENV, **slow_polls, "EDM_DATABASE_URL": pg_url}
+    monkeypatch.setenv("EDM_DATABASE_URL", pg_url)
+    get_settings.cache_clear()
+    engine = open_database(pg_url)
+    services_mod.add_service(engine, "first", "sandbox", 0.0)
+    make_contacts(engine, 10)
+    worker = Worker(env, tmp_path)
+    try:
+        wait_for(lambda: "started 1/1" in worker.stdout, 20, "start-up")
+        task_id = tasks_mod.create_task(engine, "t", "s", text_body="x", start=True)
+        wait_for(lambda: status_counts(engine, task_id)["sent"] == 10, 3, "the new task")
+        services_mod.add_service(engine, "second", "sandbox", 0.0)
+        second = tasks_mod.create_task(
+            engine, "t2", "s", text_body="x", services=["second"], start=True
+        )
+        wait_for(lambda: sent_by_service(engine, second)["second"] == 10, 3, "the new service")
+    finally:
+        assert worker.terminate() == 0
+        engine.dispose()
+        get_settings.cache_clear()
+
+
+def test_changed_options_restart_the_worker(
+    engine: Engine, env: dict[str, str], tmp_path: Path
+) -> None:
+    first = tmp_path / "first.jsonl"
+    second = tmp_path / "second.jsonl"
+    services_mod.add_service(engine, "s", "sandbox", 0.05, options={"outbox": str(first)})
+    make_contacts(engine, 300)
+    task_id = tasks_mod.create_task(engine, "t", "s", text_body="x", start=True)
+    worker = Worker(env, tmp_path)
+    try:
+        wait_for(lambda: first.exists() and first.read_text().count("\n") >= 3, 20, "sends")
+        services_mod.update_service(engine, "s", interval=0.01, options={"outbox": str(second)})
+        wait_for(
+            lambda: second.exists() and second.read_text().count("\n") >= 3,
+            5,
+            "sends into the new outbox",
+        )
+    finally:
+        assert worker.terminate() == 0
+    assert status_counts(engine, task_id)["sent"] >= 6

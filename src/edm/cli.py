@@ -116,6 +116,22 @@ def service_add(
     out.print(f"service {name} added (id {service_id})")
 
 
+@service_app.command("update")
+@handles_errors
+def service_update(
+    name: str,
+    interval: Annotated[float | None, typer.Option(help="seconds between two sends")] = None,
+    daily_quota: Annotated[int | None, typer.Option(help="sends per UTC day")] = None,
+    option: Annotated[list[str] | None, typer.Option(help="KEY=VALUE to set")] = None,
+) -> None:
+    """Change a service's pace, quota or options; running workers follow without a restart."""
+    options = services_mod.parse_options(option or [])
+    services_mod.update_service(
+        engine(), name, interval=interval, daily_quota=daily_quota, options=options
+    )
+    out.print(f"service {name} updated")
+
+
 @service_app.command("list")
 @handles_errors
 def service_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:

@@ -103,6 +103,37 @@ def set_enabled(engine: Engine, name: str, enabled: bool) -> None:
         notify(session.connection(), "services")
 
 
+def update_service(
+    engine: Engine,
+    name: str,
+    *,
+    interval: float | None = None,
+    daily_quota: int | None = None,
+    options: dict[str, str] | None = None,
+) -> None:
+    """Change a service; running workers see pace and quota at their next claim and are
+    restarted (within `supervisor_seconds`) when the provider options change."""
+    if interval is not None and interval < 0:
+        raise ServiceInputError(f"--interval must be 0 or more seconds, not {interval}")
+    if daily_quota is not None and daily_quota < 0:
+        raise ServiceInputError(f"--daily-quota must be 0 or more, not {daily_quota}")
+    with Session(engine) as session, session.begin():
+        service = get_service(session, name)
+        if interval is not None:
+            service.interval_seconds = float(interval)
+        if daily_quota is not None:
+            service.daily_quota = daily_quota
+        if options:
+            merged = {**service.options, **options}
+            try:
+                provider_class(service.provider)(name, merged)
+            except OptionError as exc:
+                raise ServiceInputError(str(exc)) from None
+            service.options = merged
+            service.config_version += 1
+        notify(session.connection(), "services")
+
+
 def list_services(engine: Engine, heartbeat_max_age: float = 30.0) -> list[ServiceView]:
     from edm.scheduler.pace import utc_day
 
