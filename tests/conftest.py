@@ -54,22 +54,22 @@ def postgres_url() -> Iterator[str]:
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'edm.db'}"
-    url = request.getfixturevalue("postgres_url")
-    engine = open_database(url, migrate=False)
-    with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
-    engine.dispose()
-    return url
+    return _emptied(request.getfixturevalue("postgres_url"))
 
 
 @pytest.fixture
 def pg_url(postgres_url: str) -> str:
     """PostgreSQL only, for cases that need several processes on one database."""
-    engine = open_database(postgres_url, migrate=False)
+    return _emptied(postgres_url)
+
+
+def _emptied(url: str) -> str:
+    """The run's PostgreSQL database with every table emptied: each test starts clean."""
+    engine = open_database(url, migrate=False)
     with engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
     engine.dispose()
-    return postgres_url
+    return url
 
 
 @pytest.fixture

@@ -167,28 +167,20 @@ def test_sandbox_answers_a_repeated_key_with_the_earlier_result(tmp_path) -> Non
     assert len(lines) == 2 and '"duplicate": true' in lines[1]
 
 
+def _send_one(engine: Engine, service_id: int, kind: str) -> None:
+    taken = claim(engine, service_id, 1, lease_seconds=30, lookahead=0)
+    row_id = taken.rows[0].id
+    mark_sending(engine, taken.token, [row_id], [], lease_seconds=30)
+    outcome = Outcome(row_id, 1, kind, time.time(), message_id="m", error="e")
+    record_outcomes(engine, service_id, taken.token, [outcome], SETTINGS)
+
+
 def test_task_completes_only_when_nothing_can_change(engine: Engine) -> None:
     service_id, task_id = _setup(engine, contacts=2)
-    taken = claim(engine, service_id, 1, lease_seconds=30, lookahead=0)
-    mark_sending(engine, taken.token, [taken.rows[0].id], [], lease_seconds=30)
-    record_outcomes(
-        engine,
-        service_id,
-        taken.token,
-        [Outcome(taken.rows[0].id, 1, "sent", time.time(), message_id="m")],
-        SETTINGS,
-    )
+    _send_one(engine, service_id, "sent")
     run_upkeep(engine)
     assert tasks_mod.show_task(engine, task_id).status == "running"
-    taken = claim(engine, service_id, 1, lease_seconds=30, lookahead=0)
-    mark_sending(engine, taken.token, [taken.rows[0].id], [], lease_seconds=30)
-    record_outcomes(
-        engine,
-        service_id,
-        taken.token,
-        [Outcome(taken.rows[0].id, 1, "recipient", time.time(), error="no")],
-        SETTINGS,
-    )
+    _send_one(engine, service_id, "recipient")
     run_upkeep(engine)
     view = tasks_mod.show_task(engine, task_id)
     assert view.status == "completed" and view.counts == {"sent": 1, "failed": 1}
