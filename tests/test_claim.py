@@ -80,8 +80,9 @@ def test_fenced_off_writes_change_nothing(engine: Engine) -> None:
     report = UpkeepReport()
     reap(engine, report)
     assert report.reaped_sending == 1
-    reconcile(engine, report)  # the sandbox honours keys: resend on the same service
+    reconcile(engine, report, SETTINGS)  # the sandbox honours keys: resend on the same service
     assert report.resent_same_key == 1
+    time.sleep(0.05)  # the resend waits out a short back-off
     new = claim(engine, service_id, 1, lease_seconds=30, lookahead=0)
     assert [r.id for r in new.rows] == [1] and new.token != old.token
     assert new.rows[0].idempotency_key == old.rows[0].idempotency_key
@@ -145,7 +146,7 @@ def test_unknown_outcome_follows_the_delivery_policy(engine: Engine) -> None:
     )
     with engine.begin() as conn:  # a provider that cannot recognise keys
         conn.execute(text("UPDATE services SET provider = 'nokeys'"))
-    report = run_upkeep(engine)
+    report = run_upkeep(engine, SETTINGS)
     assert report.failed_unknown == 1 and report.requeued_unknown == 1
     assert status_counts(engine, most_once) == {"failed": 1}
     assert (
@@ -178,9 +179,9 @@ def _send_one(engine: Engine, service_id: int, kind: str) -> None:
 def test_task_completes_only_when_nothing_can_change(engine: Engine) -> None:
     service_id, task_id = _setup(engine, contacts=2)
     _send_one(engine, service_id, "sent")
-    run_upkeep(engine)
+    run_upkeep(engine, SETTINGS)
     assert tasks_mod.show_task(engine, task_id).status == "running"
     _send_one(engine, service_id, "recipient")
-    run_upkeep(engine)
+    run_upkeep(engine, SETTINGS)
     view = tasks_mod.show_task(engine, task_id)
     assert view.status == "completed" and view.counts == {"sent": 1, "failed": 1}

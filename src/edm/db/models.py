@@ -173,6 +173,9 @@ class SubTask(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     error_class: Mapped[str | None] = mapped_column(String(20))
     sending_at: Mapped[float | None] = mapped_column(Float)
+    # The first call with this idempotency key: a provider's de-duplication window
+    # (EngageLab: one hour) runs from here, not from the latest retry.
+    first_sending_at: Mapped[float | None] = mapped_column(Float)
     sent_at: Mapped[float | None] = mapped_column(Float)
     finished_at: Mapped[float | None] = mapped_column(Float)
     # Delivery facts: first-seen times and counters, filled in by tracking events.
@@ -222,3 +225,12 @@ class WorkerHeartbeat(Base):
     beat_at: Mapped[float] = mapped_column(Float)
     restarts: Mapped[int] = mapped_column(Integer, server_default="0")
     last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class AppSetting(Base):
+    """Values an installation makes once and every instance must share (signing key)."""
+
+    __tablename__ = "app_settings"
+
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)

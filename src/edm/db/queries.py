@@ -23,18 +23,20 @@ RANDOM_KEY = {
 }
 
 
-def _both(sql: str) -> dict[str, str]:
-    return {"postgresql": sql, "sqlite": sql}
-
-
-def _now(sql_by_dialect: dict[str, str]) -> dict[str, str]:
+def _each(sql_by_dialect: dict[str, str]) -> dict[str, str]:
+    """One text per dialect, with `{now}` replaced by that database's clock."""
     return {dialect: sql.replace("{now}", NOW[dialect]) for dialect, sql in sql_by_dialect.items()}
 
 
-SELECT_NOW = _now(_both("SELECT {now}"))
+def _both(sql: str) -> dict[str, str]:
+    """The same text for both databases."""
+    return _each({"postgresql": sql, "sqlite": sql})
+
+
+SELECT_NOW = _both("SELECT {now}")
 
 # -- the claim, step 1: lock the pace row -------------------------------------------------
-LOCK_SERVICE = _now(
+LOCK_SERVICE = _each(
     {
         "postgresql": """
         SELECT id, enabled, frozen, interval_seconds, daily_quota, next_send_at,
@@ -96,15 +98,14 @@ TASK_CONTENT = _both("""
     SELECT id, subject, html, text_body, from_addr FROM tasks WHERE id = :task_id""")
 
 # -- allocated -> sending, committed before the provider is called ---------------------------
-MARK_SENDING = _now(
-    _both("""
+MARK_SENDING = _both("""
     UPDATE sub_tasks
     SET status = 'sending', sending_at = {now}, attempts = attempts + 1,
+        first_sending_at = coalesce(first_sending_at, {now}),
         lease_expires_at = {now} + :lease_seconds
     WHERE id IN :ids AND lease_token = :token AND status = 'allocated'
       AND task_id IN (SELECT id FROM tasks WHERE status = 'running')
     RETURNING id, attempts""")
-)
 
 # Claimed rows that will not be sent now (task paused, worker stopping) go back.
 RELEASE = _both("""
@@ -113,39 +114,31 @@ RELEASE = _both("""
     WHERE id IN :ids AND lease_token = :token AND status = 'allocated'""")
 
 # Settled before sending: suppressed contact (skipped) or a template that fails (failed).
-SETTLE_ALLOCATED = _now(
-    _both("""
+SETTLE_ALLOCATED = _both("""
     UPDATE sub_tasks
     SET status = :status, last_error = :error, error_class = :error_class,
         finished_at = {now}, lease_expires_at = NULL
     WHERE id = :id AND lease_token = :token AND status = 'allocated'""")
-)
 
 # -- outcomes of the provider call ------------------------------------------------------------
-MARK_SENT = _now(
-    _both("""
+MARK_SENT = _both("""
     UPDATE sub_tasks
     SET status = 'sent', provider_message_id = :message_id, sent_at = {now},
         finished_at = {now}, lease_expires_at = NULL, last_error = NULL, error_class = NULL
     WHERE id = :id AND lease_token = :token AND status = 'sending'""")
-)
 
-MARK_RETRY = _now(
-    _both("""
+MARK_RETRY = _both("""
     UPDATE sub_tasks
     SET status = 'pending', next_attempt_at = {now} + :delay, lease_token = NULL,
         lease_expires_at = NULL, pinned_service_id = NULL, attempts = attempts - :refund,
         last_error = :error, error_class = :error_class
     WHERE id = :id AND lease_token = :token AND status = 'sending'""")
-)
 
-MARK_FINAL = _now(
-    _both("""
+MARK_FINAL = _both("""
     UPDATE sub_tasks
     SET status = :status, last_error = :error, error_class = :error_class,
         finished_at = {now}, lease_expires_at = NULL
     WHERE id = :id AND lease_token = :token AND status = 'sending'""")
-)
 
 MARK_UNKNOWN = _both("""
     UPDATE sub_tasks
@@ -153,57 +146,43 @@ MARK_UNKNOWN = _both("""
         lease_expires_at = NULL
     WHERE id = :id AND lease_token = :token AND status = 'sending'""")
 
-LOG_ATTEMPT = _now(
-    _both("""
+LOG_ATTEMPT = _both("""
     INSERT INTO send_attempts (sub_task_id, service_id, lease_token, started_at, finished_at,
                                outcome, provider_message_id, error, fenced)
     VALUES (:sub_task_id, :service_id, :token, :started_at, {now}, :outcome, :message_id,
             :error, :fenced)""")
-)
 
-MARK_CONTACT_INVALID = _now(
-    _both("""
+MARK_CONTACT_INVALID = _both("""
     UPDATE contacts SET status = 'invalid', status_reason = :reason, updated_at = {now}
     WHERE id = (SELECT contact_id FROM sub_tasks WHERE id = :sub_task_id)
       AND status = 'active'""")
-)
 
-FREEZE_SERVICE = _now(
-    _both("""
+FREEZE_SERVICE = _both("""
     UPDATE services SET frozen = true, frozen_reason = :reason, frozen_at = {now},
                         last_error = :reason, last_error_at = {now}
     WHERE id = :service_id""")
-)
 
-PAUSE_SERVICE = _now(
-    _both("""
+PAUSE_SERVICE = _both("""
     UPDATE services SET paused_until = {now} + :seconds
     WHERE id = :service_id AND paused_until < {now} + :seconds""")
-)
 
-RECORD_SERVICE_ERROR = _now(
-    _both("""
+RECORD_SERVICE_ERROR = _both("""
     UPDATE services SET last_error = :error, last_error_at = {now} WHERE id = :service_id""")
-)
 
 # -- the reaper: safe to run in every instance at once -----------------------------------------
-REAP_ALLOCATED = _now(
-    _both("""
+REAP_ALLOCATED = _both("""
     UPDATE sub_tasks SET status = 'pending', lease_token = NULL, lease_expires_at = NULL
     WHERE status = 'allocated' AND lease_expires_at < {now}""")
-)
 
-REAP_SENDING = _now(
-    _both("""
+REAP_SENDING = _both("""
     UPDATE sub_tasks
     SET status = 'unknown', lease_expires_at = NULL, error_class = 'unknown',
         last_error = 'lease ran out while sending: outcome unknown'
     WHERE status = 'sending' AND lease_expires_at < {now}""")
-)
 
 # -- the reconciler: unknown rows of tasks that are not paused ---------------------------------
 UNKNOWN_ROWS = _both("""
-    SELECT s.id, s.service_id, s.sending_at, s.lease_token, t.status AS task_status,
+    SELECT s.id, s.service_id, s.first_sending_at, s.attempts, t.status AS task_status,
            t.delivery_policy
     FROM sub_tasks s JOIN tasks t ON t.id = s.task_id
     WHERE s.status = 'unknown' AND t.status <> 'paused'
@@ -211,47 +190,39 @@ UNKNOWN_ROWS = _both("""
 
 RESEND_SAME_KEY = _both("""
     UPDATE sub_tasks
-    SET status = 'pending', pinned_service_id = service_id, next_attempt_at = 0,
+    SET status = 'pending', pinned_service_id = service_id, next_attempt_at = {now} + :delay,
         lease_token = NULL
     WHERE id = :id AND status = 'unknown'""")
 
 REQUEUE_UNKNOWN = _both("""
     UPDATE sub_tasks
-    SET status = 'pending', pinned_service_id = NULL, next_attempt_at = 0, lease_token = NULL
+    SET status = 'pending', pinned_service_id = NULL, next_attempt_at = {now} + :delay,
+        lease_token = NULL
     WHERE id = :id AND status = 'unknown'""")
 
-FAIL_UNKNOWN = _now(
-    _both("""
+FAIL_UNKNOWN = _both("""
     UPDATE sub_tasks
-    SET status = 'failed', error_class = 'unknown', last_error = 'unknown_outcome',
-        finished_at = {now}
+    SET status = 'failed', error_class = 'unknown', last_error = :reason, finished_at = {now}
     WHERE id = :id AND status = 'unknown'""")
-)
 
 # -- task upkeep ---------------------------------------------------------------------------------
-SKIP_SUPPRESSED = _now(
-    _both("""
+SKIP_SUPPRESSED = _both("""
     UPDATE sub_tasks
     SET status = 'skipped', finished_at = {now},
         last_error = 'contact is ' || (SELECT c.status FROM contacts c
                                        WHERE c.id = sub_tasks.contact_id)
     WHERE status = 'pending'
       AND contact_id IN (SELECT id FROM contacts WHERE status <> 'active')""")
-)
 
-COMPLETE_TASKS = _now(
-    _both("""
+COMPLETE_TASKS = _both("""
     UPDATE tasks SET status = 'completed', completed_at = {now}
     WHERE status = 'running'
       AND NOT EXISTS (SELECT 1 FROM sub_tasks s WHERE s.task_id = tasks.id
                       AND s.status IN ('pending', 'allocated', 'sending', 'unknown'))""")
-)
 
-START_SCHEDULED = _now(
-    _both("""
+START_SCHEDULED = _both("""
     UPDATE tasks SET status = 'running', started_at = {now}
     WHERE status = 'scheduled' AND scheduled_at <= {now}""")
-)
 
 EXPAND_TASK = {
     dialect: f"""
@@ -268,11 +239,9 @@ EXPAND_TASK = {
     for dialect in ("postgresql", "sqlite")
 }
 
-CANCEL_SUBTASKS = _now(
-    _both("""
+CANCEL_SUBTASKS = _both("""
     UPDATE sub_tasks SET status = 'cancelled', finished_at = {now}, lease_expires_at = NULL
     WHERE task_id = :task_id AND status IN ('pending', 'allocated')""")
-)
 
 TASK_COUNTS = _both("""
     SELECT status, count(*) AS n FROM sub_tasks WHERE task_id = :task_id GROUP BY status""")
@@ -303,8 +272,7 @@ SERVICES = _both("""
     SELECT id, name, provider, options, enabled, frozen, config_version FROM services
     ORDER BY id""")
 
-HEARTBEAT = _now(
-    _both("""
+HEARTBEAT = _both("""
     INSERT INTO worker_heartbeats (instance_id, service_id, hostname, pid, state, started_at,
                                    beat_at, restarts, last_error)
     VALUES (:instance_id, :service_id, :hostname, :pid, :state, :started_at, {now}, :restarts,
@@ -312,7 +280,6 @@ HEARTBEAT = _now(
     ON CONFLICT (instance_id, service_id) DO UPDATE
     SET state = excluded.state, started_at = excluded.started_at, beat_at = excluded.beat_at,
         restarts = excluded.restarts, last_error = excluded.last_error, pid = excluded.pid""")
-)
 
 FORGET_HEARTBEATS = _both("""
     DELETE FROM worker_heartbeats WHERE instance_id = :instance_id""")

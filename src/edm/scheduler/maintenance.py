@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 
+from edm.config import Settings, get_settings
 from edm.db import queries as q
 from edm.providers.base import OptionError
 from edm.providers.registry import provider_class
+from edm.scheduler.retry import backoff_seconds
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +45,27 @@ def reap(engine: Engine, report: UpkeepReport) -> None:
         report.reaped_sending += conn.execute(q.query(q.REAP_SENDING, dialect)).rowcount
 
 
-def reconcile(engine: Engine, report: UpkeepReport, limit: int = 500) -> None:
+def reconcile(
+    engine: Engine, report: UpkeepReport, settings: Settings | None = None, limit: int = 500
+) -> None:
     """Settle `unknown` rows: same-key resend where the provider dedups, else by policy."""
+    settings = settings or get_settings()
     dialect = engine.dialect.name
     with engine.begin() as conn:
         now = float(conn.execute(q.query(q.SELECT_NOW, dialect)).scalar_one())
         services = {row.id: row for row in conn.execute(q.query(q.SERVICES, dialect))}
         for row in conn.execute(q.query(q.UNKNOWN_ROWS, dialect), {"limit": limit}).all():
-            action = _decide(row, services.get(row.service_id), now)
+            delay = backoff_seconds(
+                row.attempts, settings.retry_base_seconds, settings.retry_max_seconds
+            )
+            action, reason = _decide(row, services.get(row.service_id), now, delay, settings)
             statement = {
                 "resend": q.RESEND_SAME_KEY,
                 "requeue": q.REQUEUE_UNKNOWN,
                 "fail": q.FAIL_UNKNOWN,
             }[action]
-            if conn.execute(q.query(statement, dialect), {"id": row.id}).rowcount:
+            params = {"id": row.id, "delay": delay, "reason": reason}
+            if conn.execute(q.query(statement, dialect), params).rowcount:
                 if action == "resend":
                     report.resent_same_key += 1
                 elif action == "requeue":
@@ -65,18 +74,30 @@ def reconcile(engine: Engine, report: UpkeepReport, limit: int = 500) -> None:
                     report.failed_unknown += 1
 
 
-def _decide(row, service, now: float) -> str:  # type: ignore[no-untyped-def]
+def _decide(
+    row,
+    service,
+    now: float,
+    delay: float,  # type: ignore[no-untyped-def]
+    settings: Settings,
+) -> tuple[str, str]:
     if row.task_status == "cancelled":
-        return "fail"
+        return "fail", "unknown_outcome"
+    if row.attempts >= settings.max_attempts:
+        return "fail", f"unknown_outcome after {row.attempts} attempts"
     usable = service is not None and service.enabled and not service.frozen
     if usable:
         try:
             window = provider_class(service.provider).idempotency_window
         except OptionError:
             window = None
-        if window is not None and now - (row.sending_at or 0.0) < window:
-            return "resend"
-    return "requeue" if row.delivery_policy == "at_least_once" else "fail"
+        # The resend must reach the provider while it still remembers the first call.
+        resend_by = now + delay + settings.lease_seconds
+        if window is not None and resend_by < (row.first_sending_at or now) + window:
+            return "resend", ""
+    if row.delivery_policy == "at_least_once":
+        return "requeue", ""
+    return "fail", "unknown_outcome"
 
 
 def upkeep_tasks(engine: Engine, report: UpkeepReport) -> None:
@@ -87,10 +108,10 @@ def upkeep_tasks(engine: Engine, report: UpkeepReport) -> None:
         report.completed += conn.execute(q.query(q.COMPLETE_TASKS, dialect)).rowcount
 
 
-def run_upkeep(engine: Engine) -> UpkeepReport:
+def run_upkeep(engine: Engine, settings: Settings | None = None) -> UpkeepReport:
     report = UpkeepReport()
     reap(engine, report)
-    reconcile(engine, report)
+    reconcile(engine, report, settings)
     upkeep_tasks(engine, report)
     if report.changed():
         log.info("upkeep: %s", {k: v for k, v in vars(report).items() if v and k != "notes"})

@@ -136,7 +136,7 @@ class Supervisor:
     async def _upkeep_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                await asyncio.to_thread(run_upkeep, self.engine)
+                await asyncio.to_thread(run_upkeep, self.engine, self.settings)
                 if self.exit_when_idle and await asyncio.to_thread(work_left, self.engine) == 0:
                     self.say("no running task has work left: exiting")
                     self.request_stop()
