@@ -16,6 +16,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EDM_", extra="ignore")
 
     database_url: str = "sqlite:///edm.db"
+    # Where recipients reach this instance (unsubscribe links, webhooks).
+    public_url: str = "http://localhost:8000"
+    # Signs unsubscribe tokens. Empty: a random key is made once and kept in the database,
+    # so every instance sharing the database signs alike.
+    secret_key: str = ""
 
     # Claiming and leases.
     lease_seconds: float = Field(30.0, gt=0, description="lease on a claimed or sending sub-task")

@@ -7,8 +7,14 @@ for that one sub-task instead of a silently blank greeting.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
+import re
 from dataclasses import dataclass
+from email.utils import parseaddr
+from html.parser import HTMLParser
 
 from jinja2 import StrictUndefined, TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
@@ -52,10 +58,12 @@ class TaskTemplates:
     def render(self, contact: dict, extra: dict | None = None) -> Rendered:
         context = template_context(contact, extra)
         try:
+            html = self.html.render(context) if self.html else None
+            text = self.text.render(context) if self.text else None
             return Rendered(
                 subject=self.subject.render(context).strip(),
-                html=self.html.render(context) if self.html else None,
-                text=self.text.render(context) if self.text else None,
+                html=html,
+                text=text if text is not None or html is None else html_to_text(html),
             )
         except Exception as exc:  # any failure of a user's template fails one sub-task
             raise TemplateError(f"template failed: {exc}") from None
@@ -68,3 +76,113 @@ def template_context(contact: dict, extra: dict | None = None) -> dict:
     context = {**fields, "email": contact["email"], "name": contact.get("name") or ""}
     context.update(extra or {})
     return context
+
+
+# -- the text part, when only HTML is given ------------------------------------------------------
+class _TextExtractor(HTMLParser):
+    """HTML to readable plain text: blocks become lines, links keep their address."""
+
+    BLOCKS = frozenset(
+        {
+            "p",
+            "div",
+            "br",
+            "tr",
+            "h1",
+            "h2",
+            "h3",
+            "h4",
+            "h5",
+            "h6",
+            "table",
+            "ul",
+            "ol",
+            "blockquote",
+            "hr",
+        }
+    )
+    SKIP = frozenset({"script", "style", "head", "title"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.links: list[str | None] = []
+        self.skipping = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self.SKIP:
+            self.skipping += 1
+        elif tag in self.BLOCKS:
+            self.parts.append("\n")
+        if tag == "li":
+            self.parts.append("\n- ")
+        if tag == "a":
+            self.links.append(dict(attrs).get("href"))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self.SKIP:
+            self.skipping = max(self.skipping - 1, 0)
+        elif tag in self.BLOCKS:
+            self.parts.append("\n")
+        elif tag == "a" and self.links:
+            href = self.links.pop()
+            if href and not href.startswith(("#", "mailto:")):
+                self.parts.append(f" ({href})")
+
+    def handle_data(self, data: str) -> None:
+        if not self.skipping:
+            self.parts.append(re.sub(r"\s+", " ", data))
+
+
+def html_to_text(html: str) -> str:
+    parser = _TextExtractor()
+    parser.feed(html)
+    parser.close()
+    lines = (line.strip() for line in "".join(parser.parts).splitlines())
+    text = "\n".join(lines)
+    return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
+
+
+# -- headers and unsubscribe links ---------------------------------------------------------------
+def unsubscribe_token(secret: str, sub_task_id: int, contact_id: int) -> str:
+    """A token naming the sub-task and contact, signed so it cannot be forged or altered."""
+    payload = f"{sub_task_id}.{contact_id}"
+    mac = hmac.new(secret.encode(), payload.encode(), hashlib.sha256).digest()[:16]
+    return f"{payload}.{base64.urlsafe_b64encode(mac).decode().rstrip('=')}"
+
+
+def read_unsubscribe_token(secret: str, token: str) -> tuple[int, int] | None:
+    """(sub_task_id, contact_id) of a genuine token, None for anything else."""
+    parts = token.split(".")
+    if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
+        return None
+    expected = unsubscribe_token(secret, int(parts[0]), int(parts[1]))
+    if not hmac.compare_digest(expected, token):
+        return None
+    return int(parts[0]), int(parts[1])
+
+
+def unsubscribe_url(public_url: str, token: str) -> str:
+    return f"{public_url.rstrip('/')}/unsubscribe/{token}"
+
+
+def message_id(idempotency_key: str, from_addr: str | None) -> str:
+    """Our Message-ID: derived from the idempotency key, so every attempt carries the same."""
+    domain = "edm.invalid"
+    if from_addr:
+        address = parseaddr(from_addr)[1]
+        if "@" in address:
+            domain = address.rsplit("@", 1)[1]
+    return f"<{idempotency_key}@{domain}>"
+
+
+def tracking_headers(
+    *, idempotency_key: str, from_addr: str | None, sub_task_id: int, task_id: int, unsubscribe: str
+) -> dict[str, str]:
+    return {
+        "Message-ID": message_id(idempotency_key, from_addr),
+        "X-EDM-Subtask": str(sub_task_id),
+        "X-EDM-Task": str(task_id),
+        "List-Unsubscribe": f"<{unsubscribe}>",
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+    }

@@ -23,6 +23,8 @@ class OutgoingMessage:
     subject: str
     html: str | None
     text: str | None
+    # Message-ID, X-EDM-Subtask, X-EDM-Task, List-Unsubscribe, List-Unsubscribe-Post:
+    # built once by edm.messages so every provider carries the same ones.
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -53,6 +55,13 @@ class RecipientError(ProviderError):
     """This address cannot receive mail: the sub-task fails and the contact is marked."""
 
     error_class = "recipient"
+
+
+class RequestError(ProviderError):
+    """The provider refused this message itself (content, format): the sub-task fails,
+    the contact is left alone."""
+
+    error_class = "request"
 
 
 class ServiceError(ProviderError):

@@ -34,7 +34,7 @@ class Outcome:
 
     sub_task_id: int
     attempts: int
-    kind: str  # sent | transient | recipient | service | unknown
+    kind: str  # sent | transient | recipient | request | service | unknown
     started_at: float
     message_id: str | None = None
     error: str | None = None
@@ -140,11 +140,11 @@ def _transition(outcome: Outcome, settings: Settings) -> tuple[dict[str, str], d
         return q.MARK_SENT, {"message_id": outcome.message_id}
     if outcome.kind == "unknown":
         return q.MARK_UNKNOWN, {"error": outcome.error}
-    if outcome.kind == "recipient":
+    if outcome.kind in ("recipient", "request"):
         return q.MARK_FINAL, {
             "status": "failed",
             "error": outcome.error,
-            "error_class": "recipient",
+            "error_class": outcome.kind,
         }
     if outcome.kind == "service":
         # Not the sub-task's fault: back to the pool at once, the attempt not counted.
