@@ -19,7 +19,14 @@ from sqlalchemy import Engine
 
 from edm.config import Settings
 from edm.db import queries as q
-from edm.messages import TaskTemplates, TemplateError
+from edm.db.secrets import signing_key
+from edm.messages import (
+    TaskTemplates,
+    TemplateError,
+    tracking_headers,
+    unsubscribe_token,
+    unsubscribe_url,
+)
 from edm.providers.base import OutgoingMessage, Provider, ProviderError
 from edm.scheduler.claim import Claim, ClaimedRow, claim
 from edm.scheduler.transitions import Outcome, Settle, mark_sending, record_outcomes, release
@@ -65,6 +72,7 @@ class ServiceWorker:
         self._in_flight = 0
         self._batches: set[asyncio.Task] = set()
         self._failure: BaseException | None = None
+        self._signing_key = ""
         self._tasks: dict[int, tuple[TaskTemplates | TemplateError, str | None]] = {}
 
     # -- control ------------------------------------------------------------------------------
@@ -84,6 +92,9 @@ class ServiceWorker:
     # -- main loop ------------------------------------------------------------------------------
     async def run(self) -> None:
         try:
+            self._signing_key = await asyncio.to_thread(
+                signing_key, self.engine, self.settings.secret_key
+            )
             while not self.stopping:
                 self.last_loop_at = time.time()
                 if self._failure:
@@ -213,7 +224,11 @@ class ServiceWorker:
         templates, from_addr = content
         if isinstance(templates, TemplateError):
             raise templates
-        rendered = templates.render(contact)
+        sender = from_addr or self.service.options.get("from")
+        link = unsubscribe_url(
+            self.settings.public_url, unsubscribe_token(self._signing_key, row.id, row.contact_id)
+        )
+        rendered = templates.render(contact, {"unsubscribe_url": link})
         return OutgoingMessage(
             sub_task_id=row.id,
             task_id=row.task_id,
@@ -224,6 +239,13 @@ class ServiceWorker:
             subject=rendered.subject,
             html=rendered.html,
             text=rendered.text,
+            headers=tracking_headers(
+                idempotency_key=row.idempotency_key,
+                from_addr=sender,
+                sub_task_id=row.id,
+                task_id=row.task_id,
+                unsubscribe=link,
+            ),
         )
 
     def _load_task(self, task_id: int) -> tuple[TaskTemplates | TemplateError, str | None]:
