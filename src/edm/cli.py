@@ -27,6 +27,7 @@ from edm import tasks as tasks_mod
 from edm.config import get_settings
 from edm.db import open_database
 from edm.db.engine import DatabaseURLError
+from edm.providers.base import ProviderError
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -130,6 +131,22 @@ def service_update(
         engine(), name, interval=interval, daily_quota=daily_quota, options=options
     )
     out.print(f"service {name} updated")
+
+
+@service_app.command("test")
+@handles_errors
+def service_test(
+    name: str, to: Annotated[str, typer.Option(help="where to send the test message")]
+) -> None:
+    """Send one real message through a service and show the provider's answer."""
+    try:
+        result = services_mod.send_test_message(engine(), name, to, get_settings())
+    except ProviderError as exc:
+        code = f" (code {exc.code})" if exc.code else ""
+        fail(f"{name} answered with a {exc.error_class} error{code}: {exc}")
+        return
+    note = " (a repeat of an earlier message)" if result.duplicate else ""
+    out.print(f"{name} accepted the message{note}: {result.provider_message_id}")
 
 
 @service_app.command("list")

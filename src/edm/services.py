@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+import uuid
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from edm.config import Settings
+from edm.contacts import EMAIL
 from edm.db.models import Service, WorkerHeartbeat
 from edm.db.notify import notify
-from edm.providers.base import OptionError
-from edm.providers.registry import provider_class
+from edm.messages import tracking_headers
+from edm.providers.base import OptionError, OutgoingMessage, SendResult, UnknownOutcomeError
+from edm.providers.registry import make_provider, provider_class
 
 
 class ServiceInputError(ValueError):
@@ -160,3 +165,50 @@ def list_services(engine: Engine, heartbeat_max_age: float = 30.0) -> list[Servi
             )
             for s in session.scalars(select(Service).order_by(Service.id))
         ]
+
+
+def send_test_message(engine: Engine, name: str, to: str, settings: Settings) -> SendResult:
+    """Send one real message through a service, outside any task, and return the answer.
+
+    Raises the provider's classified error, so an operator sees exactly what a campaign
+    would meet (bad credentials, refused sender, ...) before starting one.
+    """
+    if not EMAIL.match(to.strip().lower()):
+        raise ServiceInputError(f"--to must be an email address, not {to!r}")
+    with Session(engine) as session:
+        service = get_service(session, name)
+        provider_name, options = service.provider, dict(service.options)
+    try:
+        provider = make_provider(provider_name, name, options)
+    except OptionError as exc:
+        raise ServiceInputError(f"service {name} cannot start: {exc}") from None
+    key = f"test-{uuid.uuid4().hex}"
+    sender = options.get("from")
+    message = OutgoingMessage(
+        sub_task_id=0,
+        task_id=0,
+        idempotency_key=key,
+        to_email=to.strip(),
+        to_name=None,
+        from_addr=sender,
+        subject=f"edm test message from service {name}",
+        text=f"This message checks that the sending service {name} works.\n",
+        html=None,
+        headers=tracking_headers(
+            idempotency_key=key,
+            from_addr=sender,
+            sub_task_id=0,
+            task_id=0,
+            unsubscribe=settings.public_url,
+        ),
+    )
+
+    async def send() -> SendResult:
+        try:
+            return await asyncio.wait_for(provider.send(message), settings.lease_seconds)
+        except TimeoutError:
+            raise UnknownOutcomeError(f"no answer within {settings.lease_seconds:g}s") from None
+        finally:
+            await provider.close()
+
+    return asyncio.run(send())
