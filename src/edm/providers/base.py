@@ -85,6 +85,10 @@ class Provider(abc.ABC):
     # How long the provider recognises a repeated idempotency key, in seconds;
     # None: it does not, float('inf'): for ever.
     idempotency_window: ClassVar[float | None] = None
+    # How many sends one provider object can carry at once (an SMTP connection: one).
+    # The worker queues the rest before their time limit starts, so waiting for a turn
+    # is never mistaken for a provider that hangs.
+    max_concurrent_sends: ClassVar[int | None] = None
 
     def __init__(self, service_name: str, options: dict[str, str]) -> None:
         self.service_name = service_name

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from edm.providers.base import OptionError, Provider
+from edm.providers.engagelab import EngageLabProvider
 from edm.providers.sandbox import SandboxProvider
+from edm.providers.smtp import SMTPProvider
 
 PROVIDERS: dict[str, type[Provider]] = {
     SandboxProvider.name: SandboxProvider,
+    SMTPProvider.name: SMTPProvider,
+    EngageLabProvider.name: EngageLabProvider,
 }
 
 

@@ -73,6 +73,14 @@ class ServiceWorker:
         self._batches: set[asyncio.Task] = set()
         self._failure: BaseException | None = None
         self._signing_key = ""
+        self._turns = provider.max_concurrent_sends
+        # Claim no more than can be sent well within a lease.
+        self._claim_size = (
+            min(settings.batch_size, 2 * self._turns) if self._turns else (settings.batch_size)
+        )
+        self._send_turns = (
+            asyncio.Semaphore(self._turns) if self._turns else contextlib.nullcontext()
+        )
         self._tasks: dict[int, tuple[TaskTemplates | TemplateError, str | None]] = {}
 
     # -- control ------------------------------------------------------------------------------
@@ -108,7 +116,7 @@ class ServiceWorker:
                     claim,
                     self.engine,
                     self.service.id,
-                    min(self.settings.batch_size, room),
+                    min(self._claim_size, room),
                     lease_seconds=self.settings.lease_seconds,
                     lookahead=self.settings.lookahead_seconds,
                 )
@@ -167,9 +175,15 @@ class ServiceWorker:
                         break
                 now = loop.time() + db_offset
                 due = [row for row in remaining if row.slot_at <= now + 1e-3]
+                if self._turns:
+                    # A provider with few connections: mark `sending` only what it can carry
+                    # now, so no row waits out its lease in `sending` behind the others.
+                    due = due[: self._turns]
                 remaining = remaining[len(due) :]
                 send = await self._start_group(taken, due)
-                if send:
+                if send and self._turns:
+                    await send
+                elif send:
                     sends.append(send)
         finally:
             if remaining:
@@ -278,6 +292,10 @@ class ServiceWorker:
             self._finished(len(group))
 
     async def _send_one(self, message: OutgoingMessage, attempts: int) -> Outcome:
+        async with self._send_turns:
+            return await self._call_provider(message, attempts)
+
+    async def _call_provider(self, message: OutgoingMessage, attempts: int) -> Outcome:
         started = time.time()
         # Our side gives up before the lease runs out, so the reaper never races a live call.
         timeout = max(self.settings.lease_seconds * 0.8, 0.01)
