@@ -70,7 +70,7 @@ class FakeEngageLab:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._sequence = itertools.count(1)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server = _Server(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self._server.block_on_close = False
         self._thread = threading.Thread(
@@ -229,6 +229,13 @@ class FakeEngageLab:
                 pass
 
         return Handler
+
+
+class _Server(ThreadingHTTPServer):
+    # A worker may open a dozen connections at once; the default backlog of 5 would drop
+    # the rest's SYNs, and the client's one-second SYN retry looks like a hung provider.
+    request_queue_size = 128
+    daemon_threads = True
 
 
 def _problem(data: dict) -> tuple[int, str] | None:

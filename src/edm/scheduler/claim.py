@@ -34,6 +34,7 @@ class Claim:
     db_now: float  # the database's clock when the claim was made
     lease_until: float
     wake_at: float | None  # when no rows: when to ask again (None: idle poll)
+    interval: float = 0.0  # the service's pace when claimed: slots are this far apart
 
 
 def new_token() -> str:
@@ -103,7 +104,7 @@ def claim(
         )
         for i, row in enumerate(claimed)
     ]
-    return Claim(token, rows, contacts, now, lease_until, None)
+    return Claim(token, rows, contacts, now, lease_until, None, allowed.interval)
 
 
 def _pace_row(record) -> PaceRow:  # type: ignore[no-untyped-def]

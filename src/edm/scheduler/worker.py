@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from dataclasses import dataclass
 
@@ -167,14 +168,21 @@ class ServiceWorker:
         remaining = list(taken.rows)
         sends: list[asyncio.Task] = []
         try:
+            last_start = -math.inf
             while remaining and not self.stopping:
-                wait = remaining[0].slot_at - (loop.time() + db_offset)
+                # A paced service never bursts, even when this loop runs late: one row per
+                # slot, at least one interval apart.
+                start_at = max(remaining[0].slot_at, last_start + taken.interval)
+                wait = start_at - (loop.time() + db_offset)
                 if wait > 0:
                     await self._sleep_unless_stopping(wait)
                     if self.stopping:
                         break
-                now = loop.time() + db_offset
-                due = [row for row in remaining if row.slot_at <= now + 1e-3]
+                now = last_start = loop.time() + db_offset
+                if taken.interval > 0:
+                    due = remaining[:1]
+                else:
+                    due = [row for row in remaining if row.slot_at <= now + 1e-3]
                 if self._turns:
                     # A provider with few connections: mark `sending` only what it can carry
                     # now, so no row waits out its lease in `sending` behind the others.
