@@ -41,7 +41,9 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         _configure_sqlite(engine)
     else:
-        engine = create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+        # No pre-ping: it costs a round trip per transaction on the hot path. A dropped
+        # connection fails one statement; the worker is restarted and the pool recycles.
+        engine = create_engine(url, pool_size=10, max_overflow=10, pool_recycle=1800)
     return engine
 
 

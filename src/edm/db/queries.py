@@ -121,11 +121,27 @@ SETTLE_ALLOCATED = _both("""
     WHERE id = :id AND lease_token = :token AND status = 'allocated'""")
 
 # -- outcomes of the provider call ------------------------------------------------------------
-MARK_SENT = _both("""
-    UPDATE sub_tasks
-    SET status = 'sent', provider_message_id = :message_id, sent_at = {now},
-        finished_at = {now}, lease_expires_at = NULL, last_error = NULL, error_class = NULL
-    WHERE id = :id AND lease_token = :token AND status = 'sending'""")
+# Every `sent` outcome of a group in one statement; RETURNING tells whose fence held.
+_SENT_SET = """
+    SET status = 'sent', provider_message_id = v.message_id, sent_at = {now},
+        finished_at = {now}, lease_expires_at = NULL, last_error = NULL, error_class = NULL"""
+MARK_SENT_MANY = _each(
+    {
+        "postgresql": f"""
+        UPDATE sub_tasks AS s {_SENT_SET}
+        FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS v(id bigint, message_id text)
+        WHERE s.id = v.id AND s.lease_token = :token AND s.status = 'sending'
+        RETURNING s.id""",
+        "sqlite": f"""
+        UPDATE sub_tasks {_SENT_SET}
+        FROM (SELECT json_extract(value, '$.id') AS id,
+                     json_extract(value, '$.message_id') AS message_id
+              FROM json_each(:rows)) AS v
+        WHERE sub_tasks.id = v.id AND sub_tasks.lease_token = :token
+          AND sub_tasks.status = 'sending'
+        RETURNING sub_tasks.id""",
+    }
+)
 
 MARK_RETRY = _both("""
     UPDATE sub_tasks

@@ -6,10 +6,11 @@ row) changes nothing; the provider's real answer is still kept in `send_attempts
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from edm.config import Settings
 from edm.db import queries as q
@@ -91,21 +92,26 @@ def record_outcomes(
     """Apply the results of a group of calls in one transaction."""
     dialect = engine.dialect.name
     attempts_log = []
+    sent = [o for o in outcomes if o.kind == "sent"]
     with engine.begin() as conn:
+        applied = _mark_sent(conn, dialect, token, sent)
         for outcome in outcomes:
-            statement, params = _transition(outcome, settings)
-            params.update(id=outcome.sub_task_id, token=token)
-            applied = conn.execute(q.query(statement, dialect), params).rowcount == 1
-            if not applied:
+            if outcome.kind != "sent":
+                statement, params = _transition(outcome, settings)
+                params.update(id=outcome.sub_task_id, token=token)
+                if conn.execute(q.query(statement, dialect), params).rowcount == 1:
+                    applied.add(outcome.sub_task_id)
+                    if outcome.kind == "recipient":
+                        conn.execute(
+                            q.query(q.MARK_CONTACT_INVALID, dialect),
+                            {"sub_task_id": outcome.sub_task_id, "reason": outcome.error},
+                        )
+            fenced = outcome.sub_task_id not in applied
+            if fenced:
                 log.warning(
                     "sub-task %s: lease taken over, %s outcome kept in send_attempts only",
                     outcome.sub_task_id,
                     outcome.kind,
-                )
-            elif outcome.kind == "recipient":
-                conn.execute(
-                    q.query(q.MARK_CONTACT_INVALID, dialect),
-                    {"sub_task_id": outcome.sub_task_id, "reason": outcome.error},
                 )
             attempts_log.append(
                 {
@@ -116,7 +122,7 @@ def record_outcomes(
                     "outcome": outcome.kind,
                     "message_id": outcome.message_id,
                     "error": outcome.error,
-                    "fenced": not applied,
+                    "fenced": fenced,
                 }
             )
         if attempts_log:
@@ -135,9 +141,16 @@ def record_outcomes(
             )
 
 
+def _mark_sent(conn: Connection, dialect: str, token: str, sent: list[Outcome]) -> set[int]:
+    """One statement for every `sent` outcome of the group; the ids whose fence held."""
+    if not sent:
+        return set()
+    rows = json.dumps([{"id": o.sub_task_id, "message_id": o.message_id} for o in sent])
+    result = conn.execute(q.query(q.MARK_SENT_MANY, dialect), {"rows": rows, "token": token})
+    return {row[0] for row in result}
+
+
 def _transition(outcome: Outcome, settings: Settings) -> tuple[dict[str, str], dict]:
-    if outcome.kind == "sent":
-        return q.MARK_SENT, {"message_id": outcome.message_id}
     if outcome.kind == "unknown":
         return q.MARK_UNKNOWN, {"error": outcome.error}
     if outcome.kind in ("recipient", "request"):

@@ -308,7 +308,8 @@ class ServiceWorker:
         # Our side gives up before the lease runs out, so the reaper never races a live call.
         timeout = max(self.settings.lease_seconds * 0.8, 0.01)
         try:
-            result = await asyncio.wait_for(self.provider.send(message), timeout=timeout)
+            async with asyncio.timeout(timeout):
+                result = await self.provider.send(message)
         except ProviderError as exc:
             error = f"{exc}" + (f" (code {exc.code})" if exc.code else "")
             return Outcome(
