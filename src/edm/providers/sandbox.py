@@ -16,6 +16,7 @@ import os
 import random
 import time
 import uuid
+from collections import OrderedDict
 from pathlib import Path
 
 from edm.providers.base import (
@@ -29,6 +30,7 @@ from edm.providers.base import (
     UnknownOutcomeError,
 )
 
+MEMORY_KEYS = 10_000
 RATE_OPTIONS = ("fail_transient", "fail_recipient", "fail_service", "fail_unknown")
 
 
@@ -125,7 +127,9 @@ class SandboxProvider(Provider):
         seed = options.get("seed")
         self.random = random.Random(seed)
         self.outbox = _Outbox(Path(options["outbox"])) if options.get("outbox") else None
-        self.accepted: dict[str, str] = {}  # used without an outbox
+        # Without an outbox: the most recent keys only, so a long run stays flat in memory
+        # (a real provider's de-duplication window is bounded too).
+        self.accepted: OrderedDict[str, str] = OrderedDict()
 
     async def send(self, message: OutgoingMessage) -> SendResult:
         if self.latency:
@@ -164,4 +168,6 @@ class SandboxProvider(Provider):
         if earlier:
             return earlier, True
         self.accepted[key] = new_id
+        if len(self.accepted) > MEMORY_KEYS:
+            self.accepted.popitem(last=False)
         return new_id, False
