@@ -46,6 +46,7 @@ from edm.db.queries import NOW
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 QUICK_SUBTASKS = 2000
+SMTP_SUBTASKS = 5000
 TARGET_RATIO = 0.8
 LEASE_SECONDS = 30.0
 CHILD_TIMEOUT = 120.0  # plus 1s per 50 sub-tasks: a hung run fails instead of waiting
@@ -122,8 +123,10 @@ def fresh_database(kind: str, admin_url: str) -> Iterator[Target]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def populate(target: Target, subtasks: int, services: int) -> Populated:
-    """Schema by migration, K sandbox services, N contacts and one running task over them."""
+def populate(
+    target: Target, subtasks: int, services: int, smtp: tuple[str, int] | None = None
+) -> Populated:
+    """Schema by migration, K services (sandbox, or SMTP to `smtp`), N contacts, one task."""
     from edm.contacts import add_contacts
     from edm.db import open_database
     from edm.services import add_service
@@ -132,7 +135,16 @@ def populate(target: Target, subtasks: int, services: int) -> Populated:
     engine = open_database(target.url)
     try:
         names = [f"bench-{i}" for i in range(services)]
-        service_ids = [add_service(engine, name, "sandbox", 0.0) for name in names]
+        if smtp:
+            options = {
+                "host": smtp[0],
+                "port": str(smtp[1]),
+                "security": "none",
+                "from": "bench@bench.example",
+            }
+            service_ids = [add_service(engine, n, "smtp", 0.0, options=options) for n in names]
+        else:
+            service_ids = [add_service(engine, name, "sandbox", 0.0) for name in names]
         add_contacts(
             engine,
             [
@@ -448,7 +460,7 @@ def measure(
     """Populate a fresh database, run one part on it in a child, check what it left."""
     with fresh_database(kind, args.pg_url) as target:
         setup = time.perf_counter()
-        populated = populate(target, subtasks, args.services)
+        populated = populate(target, subtasks, args.services, args.smtp_server)
         setup = time.perf_counter() - setup
         spec = {
             "kind": kind,
@@ -492,8 +504,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=1, help="runs of each part (median)")
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_SUBTASKS} sub-tasks")
     parser.add_argument("--pg-url", default=DEFAULT_PG, help="PostgreSQL admin URL")
+    parser.add_argument(
+        "--smtp", action="store_true", help="send through SMTP to a local aiosmtpd (engine only)"
+    )
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.smtp_server = None
     if min(args.services, args.batch, args.repeat) < 1:
         parser.error("--services, --batch and --repeat must be at least 1")
     if args.sizes:
@@ -506,6 +522,63 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if not args.size_list or min(args.size_list) < 1:
         parser.error("task sizes must be at least 1")
     return args
+
+
+class SMTPSink:
+    """A local SMTP server that accepts and counts messages (aiosmtpd, loopback only)."""
+
+    def __init__(self) -> None:
+        self.received = 0
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        self.received += 1
+        return "250 2.0.0 accepted"
+
+
+@contextlib.contextmanager
+def local_smtp() -> Iterator[tuple[SMTPSink, int]]:
+    import socket
+
+    from aiosmtpd.controller import Controller
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    sink = SMTPSink()
+    controller = Controller(sink, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield sink, port
+    finally:
+        controller.stop()
+
+
+def smtp_mode(args: argparse.Namespace, kinds: tuple[str, ...]) -> int:
+    """The engine sending through SMTP: messages per second as a local server received them."""
+    sizes = args.size_list if (args.sizes or args.quick) else [SMTP_SUBTASKS]
+    print(f"dispatch over SMTP: {args.services} smtp services (interval 0) to a local aiosmtpd")
+    problems: list[str] = []
+    with local_smtp() as (sink, port):
+        args.smtp_server = ("127.0.0.1", port)
+        print(f"{'db':<11} {'messages':>8}  {'messages/s':>10}  {'peak MiB':>8}")
+        for kind in kinds:
+            for subtasks in sizes:
+                before = sink.received
+                result, found = measure(kind, "engine", subtasks, args)
+                problems += found
+                if sink.received - before != subtasks:
+                    problems.append(
+                        f"{kind}: the SMTP server received {sink.received - before} messages "
+                        f"for {subtasks} sub-tasks"
+                    )
+                if result is not None:
+                    print(
+                        f"{kind:<11} {subtasks:>8}  {result.rate(subtasks):>10.0f}  "
+                        f"{result.peak_mib:>8.0f}"
+                    )
+    for problem in problems:
+        print(f"FAILED: {problem}")
+    return 1 if problems else 0
 
 
 def print_table(rows: list[Row]) -> None:
@@ -529,6 +602,8 @@ def main(argv: list[str]) -> int:
         print(json.dumps(CHILDREN[part](json.loads(spec))), flush=True)
         return 0
     kinds = ("sqlite", "postgresql") if args.db == "both" else (args.db,)
+    if args.smtp:
+        return smtp_mode(args, kinds)
     print(
         f"dispatch: {args.services} sandbox services (interval 0, latency 0), "
         f"batch {args.batch}, sizes {', '.join(map(str, args.size_list))}, "
