@@ -185,3 +185,18 @@ def test_task_completes_only_when_nothing_can_change(engine: Engine) -> None:
     run_upkeep(engine, SETTINGS)
     view = tasks_mod.show_task(engine, task_id)
     assert view.status == "completed" and view.counts == {"sent": 1, "failed": 1}
+
+
+def test_retry_after_pauses_the_service_for_every_worker(engine: Engine) -> None:
+    service_id, task_id = _setup(engine, contacts=3)
+    taken = claim(engine, service_id, 1, lease_seconds=30, lookahead=0)
+    row_id = taken.rows[0].id
+    mark_sending(engine, taken.token, [row_id], [], lease_seconds=30)
+    throttled = Outcome(row_id, 1, "transient", time.time(), error="429", retry_after=120)
+    record_outcomes(engine, service_id, taken.token, [throttled], SETTINGS)
+    # Any claim for this service, from any process, now waits for the pause to end.
+    paused = claim(engine, service_id, 10, lease_seconds=30, lookahead=0)
+    assert paused.rows == []
+    assert paused.wake_at is not None and paused.wake_at >= paused.db_now + 119
+    assert _row(engine, row_id)["next_attempt_at"] >= paused.db_now + 119
+    assert status_counts(engine, task_id) == {"pending": 3}

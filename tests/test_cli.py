@@ -172,3 +172,23 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         assert get_settings().lease_seconds == 2.5
     finally:
         get_settings.cache_clear()
+
+
+def test_service_list_hides_secrets(env: dict[str, str]) -> None:
+    code, _, err = edm(
+        "service",
+        "add",
+        "el",
+        "--provider",
+        "engagelab",
+        "--interval",
+        "1",
+        "--option",
+        "api_user=edm",
+        "--option",
+        "api_key=s3cret",
+    )
+    assert code == 0, err
+    listed = json.loads(edm("service", "list", "--json")[1])[0]
+    assert listed["options"] == {"api_user": "edm", "api_key": "***"}
+    assert "s3cret" not in edm("service", "list")[1]
