@@ -192,3 +192,30 @@ def test_service_list_hides_secrets(env: dict[str, str]) -> None:
     listed = json.loads(edm("service", "list", "--json")[1])[0]
     assert listed["options"] == {"api_user": "edm", "api_key": "***"}
     assert "s3cret" not in edm("service", "list")[1]
+
+
+def test_a_scheduled_task_starts_by_itself_at_its_time(env: dict[str, str], tmp_path: Path) -> None:
+    import time
+    from datetime import UTC, datetime
+
+    from tests.helpers import Worker
+
+    csv = tmp_path / "c.csv"
+    csv.write_text("email\na@example.com\nb@example.com\n")
+    assert edm("contacts", "import", str(csv))[0] == 0
+    assert edm("service", "add", "s", "--provider", "sandbox", "--interval", "0")[0] == 0
+    at = datetime.fromtimestamp(time.time() + 2, UTC).isoformat()
+    code, out, err = edm(
+        "task", "create", "later", "--subject", "s", "--text", "x", "--at", at, "--json"
+    )
+    assert code == 0, err
+    created = json.loads(out)
+    assert created["status"] == "scheduled"
+    assert abs(created["scheduled_at"] - datetime.fromisoformat(at).timestamp()) < 1e-3
+
+    assert Worker(env, tmp_path, "--exit-when-idle").wait(60) == 0
+    shown = json.loads(edm("task", "show", str(created["id"]), "--json")[1])
+    assert shown["status"] == "completed" and shown["counts"] == {"sent": 2}
+    assert shown["started_at"] >= shown["scheduled_at"]
+    code, _, err = edm("task", "create", "bad", "--subject", "s", "--text", "x", "--at", "soon")
+    assert code != 0 and "--at must be an ISO 8601 time" in err

@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -80,6 +81,19 @@ def engine() -> Engine:
     except OperationalError as exc:
         fail(f"cannot open the database: {str(exc.orig).strip().splitlines()[0]}")
         raise  # unreachable
+
+
+def parse_time(value: str) -> float:
+    """An ISO 8601 time as epoch seconds; without a zone it is taken as UTC."""
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise tasks_mod.TaskInputError(
+            f"--at must be an ISO 8601 time such as 2026-12-01T09:00Z, not {value!r}"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 def print_json(data: Any) -> None:
@@ -239,6 +253,9 @@ def task_create(
     priority: Annotated[int, typer.Option(help="higher is sent first")] = 0,
     delivery: Annotated[str, typer.Option(help="at_most_once | at_least_once")] = "at_most_once",
     start: Annotated[bool, typer.Option("--start", help="start sending at once")] = False,
+    at: Annotated[
+        str | None, typer.Option(help="start at this time (ISO 8601, e.g. 2026-12-01T09:00Z)")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Create a task with one sub-task per contact."""
@@ -260,6 +277,7 @@ def task_create(
         start=start,
         priority=priority,
         delivery_policy=delivery,
+        start_at=parse_time(at) if at else None,
     )
     if as_json:
         print_json(tasks_mod.show_task(engine(), task_id).as_json())

@@ -28,6 +28,7 @@ class TaskView:
     services: list[str]
     delivery_policy: str
     created_at: float
+    scheduled_at: float | None
     started_at: float | None
     completed_at: float | None
 
@@ -41,6 +42,7 @@ class TaskView:
             "services": self.services,
             "delivery_policy": self.delivery_policy,
             "created_at": self.created_at,
+            "scheduled_at": self.scheduled_at,
             "started_at": self.started_at,
             "completed_at": self.completed_at,
         }
@@ -58,6 +60,7 @@ def create_task(
     start: bool = False,
     priority: int = 0,
     delivery_policy: str = "at_most_once",
+    start_at: float | None = None,
 ) -> int:
     if not name.strip():
         raise TaskInputError("task name must not be empty")
@@ -93,7 +96,13 @@ def create_task(
         session.flush()
         session.add_all(TaskService(task_id=task.id, service_id=sid) for sid in service_ids)
         _expand(session, task.id)
-        if start:
+        if start_at is not None:
+            if start:
+                raise TaskInputError("use either --start or --at, not both")
+            # Upkeep in any running instance starts it when the time comes.
+            task.status = "scheduled"
+            task.scheduled_at = start_at
+        elif start:
             _set_running(session, task)
         return task.id
 
@@ -189,6 +198,7 @@ def _view(session: Session, task: Task) -> TaskView:
         services=list(names),
         delivery_policy=task.delivery_policy,
         created_at=task.created_at,
+        scheduled_at=task.scheduled_at,
         started_at=task.started_at,
         completed_at=task.completed_at,
     )
