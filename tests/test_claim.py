@@ -200,3 +200,17 @@ def test_retry_after_pauses_the_service_for_every_worker(engine: Engine) -> None
     assert paused.wake_at is not None and paused.wake_at >= paused.db_now + 119
     assert _row(engine, row_id)["next_attempt_at"] >= paused.db_now + 119
     assert status_counts(engine, task_id) == {"pending": 3}
+
+
+def test_watermark_skips_the_claimed_prefix_until_cleared(engine: Engine) -> None:
+    service_id, task_id = _setup(engine, contacts=5)
+    marks: dict[int, int] = {}
+    first = claim(engine, service_id, 2, lease_seconds=0.05, lookahead=0, watermarks=marks)
+    assert [r.id for r in first.rows] == [1, 2] and marks == {task_id: 3}
+    time.sleep(0.1)
+    reap(engine, UpkeepReport())  # rows 1 and 2 are pending again, below the watermark
+    second = claim(engine, service_id, 10, lease_seconds=30, lookahead=0, watermarks=marks)
+    assert [r.id for r in second.rows] == [3, 4, 5]
+    marks.clear()
+    third = claim(engine, service_id, 10, lease_seconds=30, lookahead=0, watermarks=marks)
+    assert [r.id for r in third.rows] == [1, 2]

@@ -60,7 +60,9 @@ ELIGIBLE_TASKS = _both("""
     ORDER BY t.priority DESC, t.id""")
 
 # -- step 3: claim up to :n rows. PostgreSQL joins by primary key on an ARRAY so the
-# planner cannot hash the whole table; :n is always a number, never NULL. ------------------
+# planner cannot hash the whole table; :n is always a number, never NULL. `:after` is the
+# worker's watermark: the scan starts past the rows it already claimed instead of
+# filtering the whole sent prefix of a big task again on every claim. ---------------------
 _CLAIM_SET = """
     SET status = 'allocated', service_id = :service_id, lease_token = :token,
         lease_expires_at = :lease_until"""
@@ -71,6 +73,7 @@ CLAIM = {
         WHERE id = ANY(ARRAY(
             SELECT id FROM sub_tasks
             WHERE status = 'pending' AND task_id IN :task_ids AND next_attempt_at <= :now
+              AND id >= :after
               AND (pinned_service_id IS NULL OR pinned_service_id = :service_id)
             ORDER BY id LIMIT :n
             FOR UPDATE SKIP LOCKED))
@@ -80,6 +83,7 @@ CLAIM = {
         WHERE id IN (
             SELECT id FROM sub_tasks
             WHERE status = 'pending' AND task_id IN :task_ids AND next_attempt_at <= :now
+              AND id >= :after
               AND (pinned_service_id IS NULL OR pinned_service_id = :service_id)
             ORDER BY id LIMIT :n)
         {_CLAIM_RETURNING}""",

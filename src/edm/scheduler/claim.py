@@ -42,8 +42,18 @@ def new_token() -> str:
 
 
 def claim(
-    engine: Engine, service_id: int, limit: int, *, lease_seconds: float, lookahead: float
+    engine: Engine,
+    service_id: int,
+    limit: int,
+    *,
+    lease_seconds: float,
+    lookahead: float,
+    watermarks: dict[int, int] | None = None,
 ) -> Claim:
+    """Claim for one service. `watermarks` (task id -> lowest id worth scanning) is the
+    caller's memory of how far each task's claims have got; it is updated in place and
+    must be cleared now and then, so rows that became pending again below it are seen."""
+    watermarks = {} if watermarks is None else watermarks
     dialect = engine.dialect.name
     token = new_token()
     with engine.begin() as conn:
@@ -63,7 +73,7 @@ def claim(
             want = allowed.slots - len(claimed)
             if want <= 0:
                 break
-            claimed += conn.execute(
+            rows = conn.execute(
                 q.query(q.CLAIM, dialect, "task_ids"),
                 {
                     "service_id": service_id,
@@ -72,8 +82,12 @@ def claim(
                     "task_ids": task_ids,
                     "now": now,
                     "n": want,
+                    "after": min(watermarks.get(task_id, 0) for task_id in task_ids),
                 },
             ).all()
+            for row in rows:
+                watermarks[row.task_id] = max(watermarks.get(row.task_id, 0), row.id + 1)
+            claimed += rows
         if not claimed:
             return Claim(token, [], {}, now, now, None)
         claimed.sort(key=lambda row: row.id)

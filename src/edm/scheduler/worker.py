@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 # Longest single sleep while waiting for a pace slot, so an operator's change of interval
 # is seen without a restart.
 MAX_PACE_SLEEP = 5.0
+# How long a claim watermark is trusted before the scan starts from a task's first row again.
+WATERMARK_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,8 @@ class ServiceWorker:
             asyncio.Semaphore(self._turns) if self._turns else contextlib.nullcontext()
         )
         self._tasks: dict[int, tuple[TaskTemplates | TemplateError, str | None]] = {}
+        self._watermarks: dict[int, int] = {}
+        self._watermarks_reset_at = 0.0
 
     # -- control ------------------------------------------------------------------------------
     def wake(self) -> None:
@@ -113,6 +117,10 @@ class ServiceWorker:
                     self._capacity.clear()
                     await self._capacity.wait()
                     continue
+                if time.monotonic() >= self._watermarks_reset_at:
+                    # Retried, released and reaped rows below the watermarks come back.
+                    self._watermarks.clear()
+                    self._watermarks_reset_at = time.monotonic() + WATERMARK_SECONDS
                 taken = await asyncio.to_thread(
                     claim,
                     self.engine,
@@ -120,6 +128,7 @@ class ServiceWorker:
                     min(self._claim_size, room),
                     lease_seconds=self.settings.lease_seconds,
                     lookahead=self.settings.lookahead_seconds,
+                    watermarks=self._watermarks,
                 )
                 if taken.rows:
                     self._start_batch(taken)
