@@ -20,7 +20,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
@@ -51,11 +51,10 @@ class Handle:
 
 @dataclass
 class Snapshot:
-    """What the supervisor knows, for progress displays."""
+    """How many workers run out of how many usable services, at the last sync."""
 
     running: int = 0
     wanted: int = 0
-    workers: dict[int, ServiceWorker] = field(default_factory=dict)
 
 
 class Supervisor:
@@ -187,7 +186,6 @@ class Supervisor:
         self.snapshot = Snapshot(
             running=sum(1 for sid in wanted if self.handles.get(sid) and self.handles[sid].alive),
             wanted=len(wanted),
-            workers={sid: h.worker for sid, h in self.handles.items() if h.worker and h.alive},
         )
         try:
             await asyncio.to_thread(self._beat)

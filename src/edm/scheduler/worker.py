@@ -50,15 +50,6 @@ class ServiceInfo:
     config_version: int
 
 
-@dataclass
-class Counters:
-    claimed: int = 0
-    sent: int = 0
-    failed: int = 0
-    retried: int = 0
-    unknown: int = 0
-
-
 class ServiceWorker:
     def __init__(
         self, engine: Engine, settings: Settings, service: ServiceInfo, provider: Provider
@@ -67,9 +58,7 @@ class ServiceWorker:
         self.settings = settings
         self.service = service
         self.provider = provider
-        self.counters = Counters()
         self.stopping = False
-        self.last_loop_at = time.time()
         self._wake = asyncio.Event()
         self._capacity = asyncio.Event()
         self._in_flight = 0
@@ -98,10 +87,6 @@ class ServiceWorker:
         self._wake.set()
         self._capacity.set()
 
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
-
     # -- main loop ------------------------------------------------------------------------------
     async def run(self) -> None:
         try:
@@ -109,7 +94,6 @@ class ServiceWorker:
                 signing_key, self.engine, self.settings.secret_key
             )
             while not self.stopping:
-                self.last_loop_at = time.time()
                 if self._failure:
                     raise self._failure
                 room = self.settings.max_in_flight - self._in_flight
@@ -155,7 +139,6 @@ class ServiceWorker:
 
     def _start_batch(self, taken: Claim) -> None:
         self._in_flight += len(taken.rows)
-        self.counters.claimed += len(taken.rows)
         task = asyncio.create_task(self._process(taken))
         self._batches.add(task)
         task.add_done_callback(self._batch_done)
@@ -296,8 +279,6 @@ class ServiceWorker:
             await asyncio.to_thread(
                 record_outcomes, self.engine, self.service.id, token, list(outcomes), self.settings
             )
-            for outcome in outcomes:
-                self._count(outcome)
             if any(o.kind == "service" for o in outcomes):
                 log.error(
                     "service %s frozen: %s",
@@ -349,13 +330,3 @@ class ServiceWorker:
         return Outcome(
             message.sub_task_id, attempts, "sent", started, message_id=result.provider_message_id
         )
-
-    def _count(self, outcome: Outcome) -> None:
-        if outcome.kind == "sent":
-            self.counters.sent += 1
-        elif outcome.kind == "unknown":
-            self.counters.unknown += 1
-        elif outcome.kind in ("transient", "service"):
-            self.counters.retried += 1
-        else:
-            self.counters.failed += 1
