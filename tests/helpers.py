@@ -62,9 +62,9 @@ class Worker:
                 f"worker still running after {timeout}s:\n{self.stderr[-3000:]}"
             ) from None
 
-    def terminate(self, timeout: float = 10.0) -> int:
+    def terminate(self, timeout: float = 10.0, sig: int = signal.SIGTERM) -> int:
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            self.process.send_signal(sig)
         return self.wait(timeout)
 
     def kill(self) -> None:

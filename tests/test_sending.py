@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy import Engine
 
 from edm import services as services_mod
@@ -305,8 +307,9 @@ def test_service_added_while_running_is_picked_up_without_restart(
         assert worker.terminate() == 0
 
 
-def test_sigterm_releases_work_and_exits_promptly(
-    engine: Engine, env: dict[str, str], tmp_path: Path
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_releases_work_and_exits_promptly(
+    engine: Engine, env: dict[str, str], tmp_path: Path, sig: int
 ) -> None:
     services_mod.add_service(engine, "slow", "sandbox", 0.0, options={"latency": "0.5"})
     make_contacts(engine, 500)
@@ -315,7 +318,7 @@ def test_sigterm_releases_work_and_exits_promptly(
     worker = Worker({**env, "EDM_LEASE_SECONDS": "60"}, tmp_path)
     wait_for(lambda: status_counts(engine, task_id)["sent"] >= 1, 20, "first sends")
     started = time.monotonic()
-    assert worker.terminate(timeout=10) == 0
+    assert worker.terminate(timeout=10, sig=sig) == 0
     assert time.monotonic() - started < 10
     counts = status_counts(engine, task_id)
     assert counts["allocated"] == counts["sending"] == counts["unknown"] == 0, counts
