@@ -17,6 +17,7 @@ from edm.db.notify import notify
 from edm.messages import tracking_headers
 from edm.providers.base import OptionError, OutgoingMessage, SendResult, UnknownOutcomeError
 from edm.providers.registry import make_provider, provider_class
+from edm.scheduler.pace import utc_day
 
 
 class ServiceInputError(ValueError):
@@ -140,8 +141,6 @@ def update_service(
 
 
 def list_services(engine: Engine, heartbeat_max_age: float = 30.0) -> list[ServiceView]:
-    from edm.scheduler.pace import utc_day
-
     now = time.time()
     with Session(engine) as session:
         beats: dict[int, int] = {}
