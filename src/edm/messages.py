@@ -14,9 +14,10 @@ import json
 import re
 from dataclasses import dataclass
 from email.utils import parseaddr
+from functools import lru_cache
 from html.parser import HTMLParser
 
-from jinja2 import StrictUndefined, TemplateSyntaxError
+from jinja2 import StrictUndefined, Template, TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
 
 _ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
@@ -44,14 +45,31 @@ def validate(name: str, source: str | None, *, html: bool = False) -> None:
         raise TemplateError(f"{name} template, line {exc.lineno}: {exc.message}") from None
 
 
+class _Part:
+    """One compiled template, with its globals copied once.
+
+    `Template.render` copies the environment's globals (a ChainMap, slow to iterate) into
+    a fresh context on every call; copying them once per worker halves a render.
+    """
+
+    def __init__(self, template: Template) -> None:
+        self.template = template
+        self.globals = dict(template.globals)
+
+    def render(self, context: dict) -> str:
+        template = self.template
+        state = template.new_context({**self.globals, **context}, shared=True)
+        return template.environment.concat(template.root_render_func(state))  # type: ignore[attr-defined]
+
+
 class TaskTemplates:
     """A task's subject, HTML and text templates, compiled once per worker."""
 
     def __init__(self, subject: str, html: str | None, text: str | None) -> None:
         try:
-            self.subject = _ENV.from_string(subject)
-            self.html = _HTML_ENV.from_string(html) if html is not None else None
-            self.text = _ENV.from_string(text) if text is not None else None
+            self.subject = _Part(_ENV.from_string(subject))
+            self.html = _Part(_HTML_ENV.from_string(html)) if html is not None else None
+            self.text = _Part(_ENV.from_string(text)) if text is not None else None
         except TemplateSyntaxError as exc:
             raise TemplateError(f"line {exc.lineno}: {exc.message}") from None
 
@@ -168,12 +186,17 @@ def unsubscribe_url(public_url: str, token: str) -> str:
 
 def message_id(idempotency_key: str, from_addr: str | None) -> str:
     """Our Message-ID: derived from the idempotency key, so every attempt carries the same."""
-    domain = "edm.invalid"
+    return f"<{idempotency_key}@{_sender_domain(from_addr)}>"
+
+
+@lru_cache(maxsize=64)
+def _sender_domain(from_addr: str | None) -> str:
+    """The sender's domain; parsing the address is slow and a campaign has one sender."""
     if from_addr:
         address = parseaddr(from_addr)[1]
         if "@" in address:
-            domain = address.rsplit("@", 1)[1]
-    return f"<{idempotency_key}@{domain}>"
+            return address.rsplit("@", 1)[1]
+    return "edm.invalid"
 
 
 def tracking_headers(

@@ -7,9 +7,15 @@ halfway with "database is locked".
 
 from __future__ import annotations
 
+import sqlite3
+import threading
+
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, OperationalError
+
+# How long a SQLite writer waits for the write lock before failing.
+BUSY_TIMEOUT_SECONDS = 30.0
 
 
 class DatabaseURLError(ValueError):
@@ -38,7 +44,9 @@ def normalise_url(url: str) -> str:
 def make_engine(url: str) -> Engine:
     url = normalise_url(url)
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(
+            url, connect_args={"timeout": BUSY_TIMEOUT_SECONDS, "check_same_thread": False}
+        )
         _configure_sqlite(engine)
     else:
         # No pre-ping: it costs a round trip per transaction on the hot path. A dropped
@@ -48,19 +56,55 @@ def make_engine(url: str) -> Engine:
 
 
 def _configure_sqlite(engine: Engine) -> None:
+    _serialise_writes(engine)
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_SECONDS * 1000)}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn) -> None:  # type: ignore[no-untyped-def]
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+def _serialise_writes(engine: Engine) -> None:
+    """One write transaction at a time per process, queued on a lock.
+
+    SQLite admits one writer. Threads of one process that meet a held write lock would
+    fall into SQLite's busy handler, which sleeps (up to 100 ms a try) before asking
+    again; waiting on a lock instead hands the database over the moment the holder
+    commits. Other processes still meet the busy timeout.
+    """
+    lock = threading.Lock()
+    holders: set[int] = set()  # ids of the pooled connections holding the lock
+    dialect = engine.dialect
+    commit, rollback = dialect.do_commit, dialect.do_rollback
+
+    def begin(conn) -> None:  # type: ignore[no-untyped-def]
+        if not lock.acquire(timeout=BUSY_TIMEOUT_SECONDS):
+            raise OperationalError(
+                "BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked")
+            )
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            lock.release()
+            raise
+        holders.add(id(conn.connection))
+
+    def finish(end, dbapi_connection) -> None:  # type: ignore[no-untyped-def]
+        try:
+            end(dbapi_connection)
+        finally:
+            if id(dbapi_connection) in holders:
+                holders.discard(id(dbapi_connection))
+                lock.release()
+
+    event.listen(engine, "begin", begin)
+    dialect.do_commit = lambda dbapi_connection: finish(commit, dbapi_connection)  # type: ignore[method-assign]
+    dialect.do_rollback = lambda dbapi_connection: finish(rollback, dbapi_connection)  # type: ignore[method-assign]
 
 
 def dialect_of(engine: Engine) -> str:

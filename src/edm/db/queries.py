@@ -166,11 +166,26 @@ MARK_UNKNOWN = _both("""
         lease_expires_at = NULL
     WHERE id = :id AND lease_token = :token AND status = 'sending'""")
 
-LOG_ATTEMPT = _both("""
+# Every call of a group in one statement: its rows travel as one JSON array.
+_ATTEMPT_COLUMNS = """
     INSERT INTO send_attempts (sub_task_id, service_id, lease_token, started_at, finished_at,
-                               outcome, provider_message_id, error, fenced)
-    VALUES (:sub_task_id, :service_id, :token, :started_at, {now}, :outcome, :message_id,
-            :error, :fenced)""")
+                               outcome, provider_message_id, error, fenced)"""
+LOG_ATTEMPTS_MANY = _each(
+    {
+        "postgresql": f"""{_ATTEMPT_COLUMNS}
+        SELECT v.sub_task_id, :service_id, :token, v.started_at, {{now}}, v.outcome,
+               v.message_id, v.error, v.fenced
+        FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+             AS v(sub_task_id bigint, started_at float8, outcome text, message_id text,
+                  error text, fenced boolean)""",
+        "sqlite": f"""{_ATTEMPT_COLUMNS}
+        SELECT json_extract(value, '$.sub_task_id'), :service_id, :token,
+               json_extract(value, '$.started_at'), {{now}}, json_extract(value, '$.outcome'),
+               json_extract(value, '$.message_id'), json_extract(value, '$.error'),
+               json_extract(value, '$.fenced')
+        FROM json_each(:rows)""",
+    }
+)
 
 MARK_CONTACT_INVALID = _both("""
     UPDATE contacts SET status = 'invalid', status_reason = :reason, updated_at = {now}

@@ -32,6 +32,12 @@ from edm.providers.base import (
 
 MEMORY_KEYS = 10_000
 RATE_OPTIONS = ("fail_transient", "fail_recipient", "fail_service", "fail_unknown")
+# Tried in this order, each with its own rate.
+SIMULATED_FAILURES = (
+    ("fail_service", ServiceError, "sandbox: account suspended (simulated)"),
+    ("fail_recipient", RecipientError, "sandbox: mailbox does not exist (simulated)"),
+    ("fail_transient", TransientError, "sandbox: try again later (simulated)"),
+)
 
 
 def _rate(options: dict[str, str], key: str) -> float:
@@ -144,12 +150,9 @@ class SandboxProvider(Provider):
             "time": time.time(),
         }
         roll = self.random.random
-        for key, error in (
-            ("fail_service", ServiceError("sandbox: account suspended (simulated)")),
-            ("fail_recipient", RecipientError("sandbox: mailbox does not exist (simulated)")),
-            ("fail_transient", TransientError("sandbox: try again later (simulated)")),
-        ):
+        for key, error_type, text in SIMULATED_FAILURES:
             if self.rates[key] and roll() < self.rates[key]:
+                error = error_type(text)
                 if self.outbox:
                     await asyncio.to_thread(
                         self.outbox.log_failure, {**line, "outcome": error.error_class}

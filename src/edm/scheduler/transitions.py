@@ -116,8 +116,6 @@ def record_outcomes(
             attempts_log.append(
                 {
                     "sub_task_id": outcome.sub_task_id,
-                    "service_id": service_id,
-                    "token": token,
                     "started_at": outcome.started_at,
                     "outcome": outcome.kind,
                     "message_id": outcome.message_id,
@@ -126,7 +124,10 @@ def record_outcomes(
                 }
             )
         if attempts_log:
-            conn.execute(q.query(q.LOG_ATTEMPT, dialect), attempts_log)
+            conn.execute(
+                q.query(q.LOG_ATTEMPTS_MANY, dialect),
+                {"rows": json.dumps(attempts_log), "service_id": service_id, "token": token},
+            )
         service_errors = [o for o in outcomes if o.kind == "service"]
         if service_errors:
             conn.execute(
