@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from edm.scheduler.pace import PaceRow, allowance, next_utc_midnight, utc_day
@@ -35,6 +35,8 @@ def row(**overrides: object) -> PaceRow:
     quota=st.one_of(st.none(), st.integers(0, 50)),
     used=st.integers(0, 60),
 )
+# A subnormal interval once overflowed the slot count to infinity.
+@example(interval=1e-308, tat_offset=0.0, lookahead=2.0, limit=1, quota=None, used=0)
 def test_allowance_never_exceeds_pace_quota_or_limit(
     interval: float,
     tat_offset: float,

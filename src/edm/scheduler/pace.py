@@ -62,5 +62,8 @@ def allowance(row: PaceRow | None, now: float, limit: int, lookahead: float) -> 
         horizon = now + lookahead
         if start > horizon:
             return Allowance(0, start, interval, today, used, start - lookahead)
-        left = min(left, math.floor((horizon - start) / interval) + 1)
+        # With a tiny interval the quotient overflows to infinity: compare before flooring.
+        slots_until_horizon = (horizon - start) / interval
+        if slots_until_horizon < left:
+            left = math.floor(slots_until_horizon) + 1
     return Allowance(left, start, interval, today, used, None)
