@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from edm import services as services_mod
 from edm import tasks as tasks_mod
@@ -323,3 +323,27 @@ def test_a_stop_signal_releases_work_and_exits_promptly(
     counts = status_counts(engine, task_id)
     assert counts["allocated"] == counts["sending"] == counts["unknown"] == 0, counts
     assert counts["sent"] + counts["pending"] == 500
+
+
+def test_a_call_with_no_answer_in_time_is_unknown_never_sent_or_retried_blindly(
+    engine: Engine, env: dict[str, str], tmp_path: Path
+) -> None:
+    # The lease is 1 s (FAST_ENV): a call is given up after 0.8 s, before the lease runs out.
+    services_mod.add_service(engine, "mute", "sandbox", 0, options={"latency": "30"})
+    make_contacts(engine, 3)
+    task_id = tasks_mod.create_task(engine, "t", "s", text_body="x", start=True)
+
+    worker = Worker(env, tmp_path)
+    try:
+        wait_for(
+            lambda: scalar(engine, "SELECT count(*) FROM send_attempts") >= 3,
+            20,
+            "three calls given up",
+        )
+    finally:
+        assert worker.terminate() == 0, worker.stderr
+    with engine.connect() as conn:
+        attempts = conn.execute(text("SELECT outcome, error FROM send_attempts")).all()
+    assert {outcome for outcome, _ in attempts} == {"unknown"}
+    assert all("no answer from the provider within 0.8s" in error for _, error in attempts)
+    assert status_counts(engine, task_id)["sent"] == 0

@@ -70,9 +70,7 @@ class ServiceWorker:
         self._claim_size = (
             min(settings.batch_size, 2 * self._turns) if self._turns else (settings.batch_size)
         )
-        self._send_turns = (
-            asyncio.Semaphore(self._turns) if self._turns else contextlib.nullcontext()
-        )
+        self._send_turns = asyncio.Semaphore(self._turns or 1)  # used only with turns
         self._tasks: dict[int, tuple[TaskTemplates | TemplateError, str | None]] = {}
         self._watermarks: dict[int, int] = {}
         self._watermarks_reset_at = 0.0
@@ -275,9 +273,9 @@ class ServiceWorker:
 
     async def _send_group(self, token: str, group: list[tuple[OutgoingMessage, int]]) -> None:
         try:
-            outcomes = await asyncio.gather(*(self._send_one(m, a) for m, a in group))
+            outcomes = await self._send_all(group)
             await asyncio.to_thread(
-                record_outcomes, self.engine, self.service.id, token, list(outcomes), self.settings
+                record_outcomes, self.engine, self.service.id, token, outcomes, self.settings
             )
             if any(o.kind == "service" for o in outcomes):
                 log.error(
@@ -289,17 +287,43 @@ class ServiceWorker:
         finally:
             self._finished(len(group))
 
-    async def _send_one(self, message: OutgoingMessage, attempts: int) -> Outcome:
+    def _call_timeout(self) -> float:
+        """Our side gives up before the lease runs out, so the reaper never races a live call."""
+        return max(self.settings.lease_seconds * 0.8, 0.01)
+
+    async def _send_all(self, group: list[tuple[OutgoingMessage, int]]) -> list[Outcome]:
+        """Every message of a group at once, under one time limit for the whole group."""
+        if self._turns:
+            return list(await asyncio.gather(*(self._send_in_turn(m, a) for m, a in group)))
+        started = time.time()
+        timeout = self._call_timeout()
+        calls = [asyncio.ensure_future(self._call_provider(m, a)) for m, a in group]
+        _, late = await asyncio.wait(calls, timeout=timeout)
+        for call in late:
+            call.cancel()
+        if late:
+            await asyncio.gather(*late, return_exceptions=True)
+        return [
+            _timed_out(message, attempts, started, timeout) if call in late else call.result()
+            for call, (message, attempts) in zip(calls, group, strict=True)
+        ]
+
+    async def _send_in_turn(self, message: OutgoingMessage, attempts: int) -> Outcome:
+        """A provider with few connections: the time limit starts once a turn is had, so
+        waiting for a turn is never mistaken for a provider that hangs."""
         async with self._send_turns:
-            return await self._call_provider(message, attempts)
+            started = time.time()
+            timeout = self._call_timeout()
+            try:
+                async with asyncio.timeout(timeout):
+                    return await self._call_provider(message, attempts)
+            except TimeoutError:
+                return _timed_out(message, attempts, started, timeout)
 
     async def _call_provider(self, message: OutgoingMessage, attempts: int) -> Outcome:
         started = time.time()
-        # Our side gives up before the lease runs out, so the reaper never races a live call.
-        timeout = max(self.settings.lease_seconds * 0.8, 0.01)
         try:
-            async with asyncio.timeout(timeout):
-                result = await self.provider.send(message)
+            result = await self.provider.send(message)
         except ProviderError as exc:
             error = f"{exc}" + (f" (code {exc.code})" if exc.code else "")
             return Outcome(
@@ -309,14 +333,6 @@ class ServiceWorker:
                 started,
                 error=error,
                 retry_after=exc.retry_after,
-            )
-        except TimeoutError:
-            return Outcome(
-                message.sub_task_id,
-                attempts,
-                "unknown",
-                started,
-                error=f"no answer from the provider within {timeout:.1f}s",
             )
         except Exception as exc:  # a provider bug: the request may have left, never resend blindly
             log.exception("provider %s raised", self.service.name)
@@ -330,3 +346,14 @@ class ServiceWorker:
         return Outcome(
             message.sub_task_id, attempts, "sent", started, message_id=result.provider_message_id
         )
+
+
+def _timed_out(message: OutgoingMessage, attempts: int, started: float, timeout: float) -> Outcome:
+    """No answer in time: the request may have left, so the outcome is unknown."""
+    return Outcome(
+        message.sub_task_id,
+        attempts,
+        "unknown",
+        started,
+        error=f"no answer from the provider within {timeout:.1f}s",
+    )
