@@ -20,6 +20,8 @@ from html.parser import HTMLParser
 from jinja2 import StrictUndefined, Template, TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
 
+from edm.providers.base import OutgoingMessage
+
 _ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
 _HTML_ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=True)
 
@@ -209,3 +211,53 @@ def tracking_headers(
         "List-Unsubscribe": f"<{unsubscribe}>",
         "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
     }
+
+
+# -- one sub-task's message --------------------------------------------------------------------
+class MessageBuilder:
+    """Everything a task's messages share, prepared once: templates, sender, signing key.
+
+    Building a message for one contact is then rendering, one signature and the headers.
+    """
+
+    def __init__(
+        self,
+        templates: TaskTemplates,
+        *,
+        from_addr: str | None,
+        default_from: str | None,
+        public_url: str,
+        signing_key: str,
+    ) -> None:
+        self.templates = templates
+        self.from_addr = from_addr  # the task's own sender; None: the service's
+        self.sender = from_addr or default_from
+        self.public_url = public_url
+        self.signing_key = signing_key
+
+    def build(
+        self, *, sub_task_id: int, task_id: int, idempotency_key: str, contact: dict
+    ) -> OutgoingMessage:
+        """Raises TemplateError when this contact's message cannot be rendered."""
+        link = unsubscribe_url(
+            self.public_url, unsubscribe_token(self.signing_key, sub_task_id, contact["id"])
+        )
+        rendered = self.templates.render(contact, {"unsubscribe_url": link})
+        return OutgoingMessage(
+            sub_task_id=sub_task_id,
+            task_id=task_id,
+            idempotency_key=idempotency_key,
+            to_email=contact["email"],
+            to_name=contact.get("name"),
+            from_addr=self.from_addr,
+            subject=rendered.subject,
+            html=rendered.html,
+            text=rendered.text,
+            headers=tracking_headers(
+                idempotency_key=idempotency_key,
+                from_addr=self.sender,
+                sub_task_id=sub_task_id,
+                task_id=task_id,
+                unsubscribe=link,
+            ),
+        )

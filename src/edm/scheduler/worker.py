@@ -21,13 +21,7 @@ from sqlalchemy import Engine
 from edm.config import Settings
 from edm.db import queries as q
 from edm.db.secrets import signing_key
-from edm.messages import (
-    TaskTemplates,
-    TemplateError,
-    tracking_headers,
-    unsubscribe_token,
-    unsubscribe_url,
-)
+from edm.messages import MessageBuilder, TaskTemplates, TemplateError
 from edm.providers.base import OutgoingMessage, Provider, ProviderError
 from edm.scheduler.claim import Claim, ClaimedRow, claim
 from edm.scheduler.transitions import Outcome, Settle, mark_sending, record_outcomes, release
@@ -71,7 +65,7 @@ class ServiceWorker:
             min(settings.batch_size, 2 * self._turns) if self._turns else (settings.batch_size)
         )
         self._send_turns = asyncio.Semaphore(self._turns or 1)  # used only with turns
-        self._tasks: dict[int, tuple[TaskTemplates | TemplateError, str | None]] = {}
+        self._builders: dict[int, MessageBuilder | TemplateError] = {}
         self._watermarks: dict[int, int] = {}
         self._watermarks_reset_at = 0.0
 
@@ -211,7 +205,13 @@ class ServiceWorker:
                 settles.append(Settle(row.id, "skipped", f"contact is {status}"))
                 continue
             try:
-                messages[row.id] = await self._message(row, contact)
+                builder = await self._builder(row.task_id)
+                messages[row.id] = builder.build(
+                    sub_task_id=row.id,
+                    task_id=row.task_id,
+                    idempotency_key=row.idempotency_key,
+                    contact=contact,
+                )
             except TemplateError as exc:
                 settles.append(Settle(row.id, "failed", str(exc), "template"))
         sending = await asyncio.to_thread(
@@ -228,48 +228,32 @@ class ServiceWorker:
         group = [(messages[i], attempts) for i, attempts in sending.items()]
         return asyncio.create_task(self._send_group(taken.token, group))
 
-    async def _message(self, row: ClaimedRow, contact: dict) -> OutgoingMessage:
-        content = self._tasks.get(row.task_id)
-        if content is None:
-            content = await asyncio.to_thread(self._load_task, row.task_id)
-            self._tasks[row.task_id] = content
-        templates, from_addr = content
-        if isinstance(templates, TemplateError):
-            raise templates
-        sender = from_addr or self.service.options.get("from")
-        link = unsubscribe_url(
-            self.settings.public_url, unsubscribe_token(self._signing_key, row.id, row.contact_id)
-        )
-        rendered = templates.render(contact, {"unsubscribe_url": link})
-        return OutgoingMessage(
-            sub_task_id=row.id,
-            task_id=row.task_id,
-            idempotency_key=row.idempotency_key,
-            to_email=contact["email"],
-            to_name=contact.get("name"),
-            from_addr=from_addr,
-            subject=rendered.subject,
-            html=rendered.html,
-            text=rendered.text,
-            headers=tracking_headers(
-                idempotency_key=row.idempotency_key,
-                from_addr=sender,
-                sub_task_id=row.id,
-                task_id=row.task_id,
-                unsubscribe=link,
-            ),
-        )
+    async def _builder(self, task_id: int) -> MessageBuilder:
+        """The task's message builder, made once per worker: a task's content is fixed."""
+        builder = self._builders.get(task_id)
+        if builder is None:
+            builder = await asyncio.to_thread(self._load_task, task_id)
+            self._builders[task_id] = builder
+        if isinstance(builder, TemplateError):
+            raise builder
+        return builder
 
-    def _load_task(self, task_id: int) -> tuple[TaskTemplates | TemplateError, str | None]:
-        """A task's compiled templates; a task's content does not change once created."""
+    def _load_task(self, task_id: int) -> MessageBuilder | TemplateError:
         with self.engine.connect() as conn:
             task = conn.execute(
                 q.query(q.TASK_CONTENT, self.engine.dialect.name), {"task_id": task_id}
             ).one()
         try:
-            return TaskTemplates(task.subject, task.html, task.text_body), task.from_addr
+            templates = TaskTemplates(task.subject, task.html, task.text_body)
         except TemplateError as exc:
-            return exc, task.from_addr
+            return exc
+        return MessageBuilder(
+            templates,
+            from_addr=task.from_addr,
+            default_from=self.service.options.get("from"),
+            public_url=self.settings.public_url,
+            signing_key=self._signing_key,
+        )
 
     async def _send_group(self, token: str, group: list[tuple[OutgoingMessage, int]]) -> None:
         try:
