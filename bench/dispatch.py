@@ -78,6 +78,7 @@ class RunResult:
     seconds: float  # supervisor start (or baseline start) until the last sub-task was sent
     wall_seconds: float  # the whole run, including the engine's own shutdown
     peak_mib: float
+    cpu_seconds: float  # this process's CPU time (all threads) over the whole run
 
     def rate(self, n: int) -> float:
         return n / self.seconds if self.seconds > 0 else float("inf")
@@ -94,6 +95,11 @@ class Row:
 
     def rate(self, part: str) -> float:
         return statistics.median(r.rate(self.subtasks) for r in getattr(self, part))
+
+    def cpu_us(self, part: str) -> float:
+        """Microseconds of the measured process's CPU per email (median run)."""
+        runs = getattr(self, part)
+        return statistics.median(r.cpu_seconds for r in runs) / self.subtasks * 1e6
 
     @property
     def ratio(self) -> float:
@@ -240,16 +246,21 @@ def child_engine(spec: dict[str, Any]) -> dict[str, Any]:
     engine = make_engine(spec["url"])
     supervisor = Supervisor(engine, settings, exit_when_idle=True)
     started = time.time()
-    clock = time.perf_counter()
+    clock, cpu = time.perf_counter(), time.process_time()
     asyncio.run(supervisor.run())
-    wall = time.perf_counter() - clock
+    wall, cpu = time.perf_counter() - clock, time.process_time() - cpu
     with engine.connect() as conn:
         last_sent = conn.execute(
             text("SELECT max(sent_at) FROM sub_tasks WHERE task_id = :t"), {"t": spec["task_id"]}
         ).scalar_one()
     engine.dispose()
     seconds = (float(last_sent) - started) if last_sent is not None else wall
-    return {"seconds": seconds, "wall_seconds": wall, "peak_mib": peak_rss_mib()}
+    return {
+        "seconds": seconds,
+        "wall_seconds": wall,
+        "peak_mib": peak_rss_mib(),
+        "cpu_seconds": cpu,
+    }
 
 
 def child_baseline(spec: dict[str, Any]) -> dict[str, Any]:
@@ -257,6 +268,7 @@ def child_baseline(spec: dict[str, Any]) -> dict[str, Any]:
     loop = baseline_loop_sqlite if spec["kind"] == "sqlite" else baseline_loop_postgresql
     services: list[int] = spec["service_ids"]
     ready = threading.Barrier(len(services) + 1)
+    cpu = time.process_time()
     sent = [0] * len(services)
     errors: list[BaseException] = []
 
@@ -280,11 +292,17 @@ def child_baseline(spec: dict[str, Any]) -> dict[str, Any]:
     for thread in threads:
         thread.join()
     seconds = time.perf_counter() - clock
+    cpu = time.process_time() - cpu
     if errors:
         raise errors[0]
     if sum(sent) != spec["n"]:
         raise RuntimeError(f"baseline loops sent {sent}, not {spec['n']} in all")
-    return {"seconds": seconds, "wall_seconds": seconds, "peak_mib": peak_rss_mib()}
+    return {
+        "seconds": seconds,
+        "wall_seconds": seconds,
+        "peak_mib": peak_rss_mib(),
+        "cpu_seconds": cpu,
+    }
 
 
 def _pace(record: tuple, claimed: int, now: float) -> tuple[float, str, int]:
@@ -454,7 +472,9 @@ def run_child(part: str, spec: dict[str, Any]) -> RunResult:
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"{part} run failed (exit {done.returncode})")
     result = json.loads(lines[-1])
-    return RunResult(result["seconds"], result["wall_seconds"], result["peak_mib"])
+    return RunResult(
+        result["seconds"], result["wall_seconds"], result["peak_mib"], result["cpu_seconds"]
+    )
 
 
 # -- driving -------------------------------------------------------------------------------------
@@ -493,7 +513,10 @@ def measure(
     )
     if part == "engine":
         detail += f" (run {result.wall_seconds:.2f}s incl. idle exit)"
-    detail += f"  peak {result.peak_mib:.0f} MiB  [setup {setup:.1f}s]"
+    detail += (
+        f"  cpu {result.cpu_seconds:.2f}s of {result.wall_seconds:.2f}s"
+        f"  peak {result.peak_mib:.0f} MiB  [setup {setup:.1f}s]"
+    )
     print(detail, flush=True)
     return result, problems
 
@@ -624,8 +647,9 @@ def print_table(rows: list[Row]) -> None:
     print("per email, in microseconds of wall time:")
     for row in rows:
         print(
-            f"  {row.db:<11} {row.subtasks:>8}  engine {1e6 / row.rate('engine'):6.1f}  "
-            f"baseline {1e6 / row.rate('baseline'):6.1f}"
+            f"  {row.db:<11} {row.subtasks:>8}  engine {1e6 / row.rate('engine'):6.1f}"
+            f" (its process's CPU {row.cpu_us('engine'):6.1f})  "
+            f"baseline {1e6 / row.rate('baseline'):6.1f} (CPU {row.cpu_us('baseline'):5.1f})"
         )
     print(
         f"  building one message (render 3 templates, sign, headers; one core): "
