@@ -135,8 +135,11 @@ class Supervisor:
     async def _upkeep_loop(self) -> None:
         while not self._stop.is_set():
             try:
+                # Idleness is seen before upkeep runs, so the upkeep after it completes
+                # every task whose last rows settled in between: none is left `running`.
+                idle = self.exit_when_idle and await asyncio.to_thread(work_left, self.engine) == 0
                 await asyncio.to_thread(run_upkeep, self.engine, self.settings)
-                if self.exit_when_idle and await asyncio.to_thread(work_left, self.engine) == 0:
+                if idle:
                     self.say("no running task has work left: exiting")
                     self.request_stop()
                     return
