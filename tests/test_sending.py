@@ -325,7 +325,7 @@ def test_a_stop_signal_releases_work_and_exits_promptly(
     assert counts["sent"] + counts["pending"] == 500
 
 
-def test_a_call_with_no_answer_in_time_is_unknown_never_sent_or_retried_blindly(
+def test_a_call_with_no_answer_in_time_ends_unknown_not_sent(
     engine: Engine, env: dict[str, str], tmp_path: Path
 ) -> None:
     # The lease is 1 s (FAST_ENV): a call is given up after 0.8 s, before the lease runs out.
