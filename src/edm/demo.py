@@ -165,6 +165,8 @@ def _show_progress(
             if view.status != "running" or not thread.is_alive():
                 break
             time.sleep(0.25)
+    if not console.is_terminal:
+        console.line()  # piped, the last frame of the bars ends without a line break
 
 
 def _summary(
