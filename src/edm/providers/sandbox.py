@@ -14,8 +14,8 @@ import json
 import math
 import os
 import random
+import secrets
 import time
-import uuid
 from collections import OrderedDict
 from pathlib import Path
 
@@ -164,7 +164,7 @@ class SandboxProvider(Provider):
         return SendResult(provider_message_id=message_id, duplicate=duplicate)
 
     async def _accept(self, line: dict, key: str) -> tuple[str, bool]:
-        new_id = f"sandbox-{uuid.uuid4().hex}"
+        new_id = f"sandbox-{secrets.token_hex(16)}"
         if self.outbox:
             return await asyncio.to_thread(self.outbox.record, line, key, new_id)
         earlier = self.accepted.get(key)
