@@ -318,6 +318,14 @@ class ServiceWorker:
                 error=error,
                 retry_after=exc.retry_after,
             )
+        except TimeoutError:  # the provider's own time limit (ours is applied by the caller)
+            return Outcome(
+                message.sub_task_id,
+                attempts,
+                "unknown",
+                started,
+                error="the provider's own time limit ran out: outcome unknown",
+            )
         except Exception as exc:  # a provider bug: the request may have left, never resend blindly
             log.exception("provider %s raised", self.service.name)
             return Outcome(
