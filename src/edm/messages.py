@@ -59,11 +59,10 @@ class _Part:
     def __init__(self, template: Template) -> None:
         template.globals = dict(template.globals)  # a new dict: nothing shared is changed
         self.template = template
-        self.globals = template.globals
 
     def render(self, context: dict) -> str:
         template = self.template
-        state = template.new_context({**self.globals, **context}, shared=True)
+        state = template.new_context({**template.globals, **context}, shared=True)
         return template.environment.concat(template.root_render_func(state))  # type: ignore[attr-defined]
 
 
