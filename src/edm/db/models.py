@@ -108,6 +108,9 @@ class Task(Base):
     text_body: Mapped[str | None] = mapped_column(Text)
     priority: Mapped[int] = mapped_column(Integer, server_default="0")
     delivery_policy: Mapped[str] = mapped_column(String(20), server_default="at_most_once")
+    # Why the task is in its status when a machine put it there (paused after template
+    # failures, ...); shown by `task show`.
+    status_reason: Mapped[str | None] = mapped_column(Text)
     scheduled_at: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[float] = mapped_column(Float)
     started_at: Mapped[float | None] = mapped_column(Float)
@@ -165,6 +168,10 @@ class SubTask(Base):
     service_id: Mapped[int | None] = mapped_column(ForeignKey("services.id"))
     pinned_service_id: Mapped[int | None] = mapped_column(ForeignKey("services.id"))
     lease_token: Mapped[str | None] = mapped_column(String(32))
+    # "<instance id>/<service id>" of the worker holding the claim: when that instance's
+    # heartbeat stops, or that worker is restarted, its claims are released at once
+    # instead of waiting out the lease.
+    claimed_by: Mapped[str | None] = mapped_column(String(100))
     lease_expires_at: Mapped[float | None] = mapped_column(Float)
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")
     next_attempt_at: Mapped[float] = mapped_column(Float, server_default="0")
