@@ -7,7 +7,6 @@ so `edm --help` answers at once.
 
 from __future__ import annotations
 
-from importlib.metadata import version
 from typing import Annotated
 
 import typer
@@ -29,6 +28,8 @@ app.command("demo")(run.demo)
 
 def _print_version(value: bool) -> None:
     if value:
+        from importlib.metadata import version
+
         typer.echo(f"edm {version('edm')}")
         raise typer.Exit()
 

@@ -6,12 +6,12 @@ from sqlalchemy import Engine
 
 from edm.config import get_settings
 from edm.db.engine import make_engine
-from edm.db.migrate import upgrade
+from edm.db.migrate import ensure_schema
 
 
 def open_database(url: str | None = None, *, migrate: bool = True) -> Engine:
     """The engine for `url` (default: EDM_DATABASE_URL), with the schema brought up to date."""
     engine = make_engine(url or get_settings().database_url)
     if migrate:
-        upgrade(engine)
+        ensure_schema(engine)
     return engine

@@ -11,7 +11,6 @@ import logging
 import threading
 from collections.abc import Callable
 
-import psycopg
 from sqlalchemy import Connection, Engine, text
 
 CHANNEL = "edm"
@@ -42,6 +41,8 @@ class Listener:
         self._stop.set()
 
     def _run(self) -> None:
+        import psycopg  # only instances that listen need the driver's own API
+
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self.url, autocommit=True) as conn:
