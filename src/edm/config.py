@@ -7,15 +7,32 @@ second without touching code.
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def default_database_path() -> Path:
+    """A file in the user's data directory: the same database from whatever folder edm runs in.
+
+    Only a path: the directory is made when the database is opened (see `db.engine`), so
+    reading the settings creates nothing.
+    """
+    from platformdirs import user_data_path
+
+    return user_data_path("edm", appauthor=False) / "edm.db"
+
+
+def default_database_url() -> str:
+    return f"sqlite:///{default_database_path()}"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EDM_", extra="ignore")
 
-    database_url: str = "sqlite:///edm.db"
+    # repr=False: the URL may carry a password.
+    database_url: str = Field(default_factory=default_database_url, repr=False)
     # Where recipients reach this instance (unsubscribe links, webhooks).
     public_url: str = "http://localhost:8000"
     # Signs unsubscribe tokens. Empty: a random key is made once and kept in the database,
@@ -29,6 +46,18 @@ class Settings(BaseSettings):
         1.0, ge=0, description="how far ahead a paced claim may book slots"
     )
     max_in_flight: int = Field(200, ge=1, description="claimed but unfinished sub-tasks per worker")
+    max_in_flight_bytes: int = Field(
+        64 * 1024 * 1024, ge=1, description="rendered messages a worker holds at once, in bytes"
+    )
+    # An instance whose heartbeat is older than this is dead: its claims are released
+    # without waiting out their leases.
+    instance_dead_seconds: float = Field(10.0, gt=0)
+
+    # Templates.
+    max_template_bytes: int = Field(1024 * 1024, ge=1, description="per template, UTF-8")
+    template_failure_limit: int = Field(
+        10, ge=1, description="consecutive template failures in a task before it is paused"
+    )
 
     # Retries.
     max_attempts: int = Field(5, ge=1)

@@ -2,12 +2,17 @@
 
 It runs the same supervisor as `edm worker` (in a thread of this process) and reads
 progress back from the database, so what it shows is what the engine really did.
+
+The demo always runs on a database of its own, never on EDM_DATABASE_URL: its sandbox
+services deliver nothing, and in a real installation they would take their share of every
+later campaign, while its task would go to the real contacts.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
+import math
+import shutil
 import tempfile
 import threading
 import time
@@ -18,17 +23,20 @@ from rich.console import Console
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, inspect, text
 
 from edm import services as services_mod
 from edm import tasks as tasks_mod
-from edm.config import get_settings
+from edm.config import Settings
 from edm.contacts import add_contacts
 from edm.db import open_database
+from edm.db.engine import display_url, make_engine
 from edm.scheduler.supervisor import Supervisor
 
 # The production pair: one email every 31 s and every 18 s, here 100 times faster.
 DEMO_SERVICES = (("glodamarket.store", 0.31), ("glodamarket.fun", 0.18))
+# Rows in any of these mean the database belongs to someone: the demo will not write to it.
+OWNED_TABLES = ("services", "contacts", "tasks")
 
 PER_SERVICE = text("""
     SELECT service_id, count(*) AS sent, min(sent_at) AS first, max(sent_at) AS last
@@ -38,6 +46,10 @@ STUCK = text("""
     WHERE task_id = :task_id
       AND (status = 'unknown'
            OR (status IN ('allocated', 'sending') AND lease_expires_at < :now))""")
+
+
+class DatabaseInUseError(ValueError):
+    """The database given to the demo already holds services, contacts or tasks."""
 
 
 @dataclass
@@ -55,15 +67,67 @@ class ServiceProgress:
         return (self.last - self.first) / (self.sent - 1)
 
 
-def run_demo(contact_count: int, console: Console) -> int:
+def run(
+    contact_count: int, console: Console, *, database: str | None = None, keep: bool = False
+) -> int:
+    """The demo on `database` (refused unless empty), else on a throwaway SQLite file.
+
+    The throwaway directory (database and outbox) is removed at the end unless `keep`.
+    """
+    if database is not None:
+        refuse_if_in_use(database)
     workdir = Path(tempfile.mkdtemp(prefix="edm-demo-"))
-    if "EDM_DATABASE_URL" not in os.environ:
-        url = f"sqlite:///{workdir / 'demo.db'}"
-        console.print(f"using a throwaway demo database in {workdir}")
-    else:
-        url = get_settings().database_url
+    url = database or f"sqlite:///{workdir / 'demo.db'}"
+    where = "given with --database" if database else "throwaway"
+    console.print(f"demo database ({where}): {display_url(url)}", highlight=False, soft_wrap=True)
+    try:
+        return run_demo(url, contact_count, console, workdir / "outbox.jsonl")
+    finally:
+        if keep:
+            _say_kept(workdir, None if database else url, console)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def refuse_if_in_use(url: str) -> None:
+    """Raise DatabaseInUseError unless `url` is empty of services, contacts and tasks.
+
+    Only reads: a refused database is left exactly as it was, not even migrated.
+    """
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            present = set(inspect(conn).get_table_names())
+            counts = {
+                table: conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
+                for table in OWNED_TABLES
+                if table in present
+            }
+    finally:
+        engine.dispose()
+    held = ", ".join(f"{n} {table if n > 1 else table[:-1]}" for table, n in counts.items() if n)
+    if held:
+        raise DatabaseInUseError(
+            f"{display_url(url)} already holds {held}: the demo runs only on an empty database"
+        )
+
+
+def run_demo(url: str, contact_count: int, console: Console, outbox: Path) -> int:
+    """Create the services, contacts and task in `url`, send it all, show the outcome."""
     engine = open_database(url)
-    service_ids = _ensure_services(engine, workdir / "outbox.jsonl")
+    try:
+        return _send(engine, Settings(database_url=url), contact_count, console, outbox)
+    finally:
+        engine.dispose()
+
+
+def _send(
+    engine: Engine, settings: Settings, contact_count: int, console: Console, outbox: Path
+) -> int:
+    service_ids = [
+        services_mod.add_service(engine, name, "sandbox", interval, options={"outbox": str(outbox)})
+        for name, interval in DEMO_SERVICES
+    ]
     add_contacts(
         engine,
         [
@@ -84,7 +148,7 @@ def run_demo(contact_count: int, console: Console) -> int:
     console.print(f"task {task_id}: {total} emails over {len(DEMO_SERVICES)} services")
 
     messages: list[str] = []
-    supervisor = Supervisor(engine, get_settings(), exit_when_idle=True, say=messages.append)
+    supervisor = Supervisor(engine, settings, exit_when_idle=True, say=messages.append)
     thread = threading.Thread(target=lambda: asyncio.run(supervisor.run()), daemon=True)
     thread.start()
     progress = {
@@ -103,19 +167,29 @@ def run_demo(contact_count: int, console: Console) -> int:
     return _summary(engine, task_id, progress, console)
 
 
-def _ensure_services(engine: Engine, outbox: Path) -> list[int]:
-    ids = []
-    existing = {v.name: v for v in services_mod.list_services(engine)}
-    for name, interval in DEMO_SERVICES:
-        if name in existing:
-            ids.append(existing[name].id)
-            continue
-        ids.append(
-            services_mod.add_service(
-                engine, name, "sandbox", interval, options={"outbox": str(outbox)}
-            )
+def _say_kept(workdir: Path, own_url: str | None, console: Console) -> None:
+    if own_url is None:
+        console.print(
+            f"kept the demo's outbox: {workdir / 'outbox.jsonl'}", highlight=False, soft_wrap=True
         )
-    return ids
+        return
+    console.print(
+        f"kept the demo database in {workdir}; to look at it:\n"
+        f"  export EDM_DATABASE_URL={own_url}\n"
+        "  edm task list; edm service list",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def split(count: int, weights: list[float]) -> list[int]:
+    """`count` in whole parts in proportion to `weights`, adding up to exactly `count`."""
+    exact = [count * w / sum(weights) for w in weights]
+    parts = [math.floor(x) for x in exact]
+    by_remainder = sorted(range(len(parts)), key=lambda i: parts[i] - exact[i])
+    for i in by_remainder[: count - sum(parts)]:
+        parts[i] += 1
+    return parts
 
 
 def _read(engine: Engine, task_id: int, progress: dict[int, ServiceProgress]) -> None:
@@ -134,7 +208,9 @@ def _show_progress(
     thread: threading.Thread,
     console: Console,
 ) -> None:
-    rate = {sid: 1 / p.interval for sid, p in progress.items()}
+    # A service's bar is what it sent plus its share (by pace) of what is left: the bars
+    # always add up to the task's, and each ends full.
+    rates = [1 / p.interval for p in progress.values()]
     bars = Progress(
         TextColumn("{task.description:<20}"),
         BarColumn(),
@@ -144,24 +220,21 @@ def _show_progress(
     )
     overall = bars.add_task("task", total=total, pace="")
     rows = {
-        sid: bars.add_task(p.name, total=round(total * rate[sid] / sum(rate.values())), pace="")
-        for sid, p in progress.items()
+        sid: bars.add_task(p.name, total=share, pace="")
+        for (sid, p), share in zip(progress.items(), split(total, rates), strict=True)
     }
     with Live(bars, console=console, refresh_per_second=8):
         while True:
+            view = tasks_mod.show_task(engine, task_id)  # first: once it says done, all is read
             _read(engine, task_id, progress)
-            view = tasks_mod.show_task(engine, task_id)
+            sent = sum(p.sent for p in progress.values())
             counts = ", ".join(f"{k} {v}" for k, v in sorted(view.counts.items()))
-            bars.update(overall, completed=view.counts.get("sent", 0), pace=counts)
-            for sid, p in progress.items():
+            bars.update(overall, completed=sent, pace=counts)
+            shares = split(max(total - sent, 0), rates)
+            for (sid, p), share in zip(progress.items(), shares, strict=True):
                 actual = p.actual_interval
                 pace = f"every {actual:.3f}s (set {p.interval}s)" if actual else "starting"
-                bars.update(
-                    rows[sid],
-                    completed=p.sent,
-                    total=max(p.sent, bars.tasks[rows[sid]].total or 0),
-                    pace=pace,
-                )
+                bars.update(rows[sid], completed=p.sent, total=p.sent + share, pace=pace)
             if view.status != "running" or not thread.is_alive():
                 break
             time.sleep(0.25)

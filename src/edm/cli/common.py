@@ -30,11 +30,15 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def _database_error(exc: BaseException) -> str | None:
-    """The one line to show for a database that cannot be reached, or None."""
-    from sqlalchemy.exc import OperationalError
+def _database_error(exc: BaseException, *, opening: bool = False) -> str | None:
+    """The one line to show for a database that cannot be reached, or None.
 
-    if isinstance(exc, OperationalError):
+    While opening, any driver error is about the URL or the server (a bad query option
+    such as `connect_timeout=abc` is the driver's ProgrammingError), never a bug of ours.
+    """
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    if isinstance(exc, DBAPIError if opening else OperationalError):
         return str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc).splitlines()[0]
     return None
 
@@ -64,7 +68,7 @@ def engine() -> Engine:
     try:
         return open_database()
     except Exception as exc:
-        reason = _database_error(exc)
+        reason = _database_error(exc, opening=True)
         if reason is None:
             raise
         fail(f"cannot open the database: {reason}")

@@ -19,12 +19,16 @@ def worker(
 ) -> None:
     """Send: one worker per enabled, unfrozen service, until SIGTERM or SIGINT."""
     from edm.config import get_settings
+    from edm.db.engine import display_url
     from edm.scheduler.supervisor import Supervisor
 
+    settings = get_settings()
+    # First, before the migration's logs or an error about it: which database this is.
+    out.print(f"database: {display_url(settings.database_url)}", highlight=False, soft_wrap=True)
     setup_logging()
     supervisor = Supervisor(
         engine(),
-        get_settings(),
+        settings,
         exit_when_idle=exit_when_idle,
         say=lambda message: out.print(message, highlight=False),
     )
@@ -32,9 +36,25 @@ def worker(
 
 
 @handles_errors
-def demo(contacts: Annotated[int, typer.Option(min=1, help="contacts to generate")] = 200) -> None:
-    """Two sandbox services at the production pair's pace (scaled 100x), live progress."""
-    from edm.demo import run_demo
+def demo(
+    contacts: Annotated[int, typer.Option(min=1, help="contacts to generate")] = 200,
+    database: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URL",
+            help="run on this database instead of a throwaway SQLite file; "
+            "refused if it already holds services, contacts or tasks",
+        ),
+    ] = None,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="keep the throwaway database and say how to open it")
+    ] = False,
+) -> None:
+    """Two sandbox services at the production pair's pace (scaled 100x), live progress.
+
+    Always on its own database, never a real installation's: EDM_DATABASE_URL is ignored.
+    """
+    from edm import demo as demo_mod
 
     setup_logging(logging.WARNING)
-    raise typer.Exit(run_demo(contacts, out))
+    raise typer.Exit(demo_mod.run(contacts, out, database=database, keep=keep))

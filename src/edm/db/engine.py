@@ -7,36 +7,57 @@ halfway with "database is locked".
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
+
+from edm.config import default_database_path
 
 # How long a SQLite writer waits for the write lock before failing.
 BUSY_TIMEOUT_SECONDS = 30.0
+# `user:password@` in a URL too broken to parse, so that even its error hides the password.
+PASSWORD_IN_URL = re.compile(r"(://[^/@:]*:)[^/]*@")
 
 
 class DatabaseURLError(ValueError):
     """The configured database URL cannot be used."""
 
 
+def display_url(url: str | URL) -> str:
+    """The URL as messages and logs may show it: never with its password."""
+    if isinstance(url, URL):
+        return url.render_as_string(hide_password=True)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return PASSWORD_IN_URL.sub(r"\1***@", url)
+
+
 def normalise_url(url: str) -> str:
-    """Accept plain `postgresql://` URLs and point them at psycopg 3."""
+    """Accept `postgres://` and `postgresql://` URLs and point them at psycopg 3.
+
+    `postgres://` is what many hosts hand out; SQLAlchemy no longer knows that name.
+    """
+    shown = display_url(url)
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
-        raise DatabaseURLError(f"bad database URL {url!r}: {exc}") from None
+        raise DatabaseURLError(f"bad database URL {shown!r}: {exc}") from None
+    except ValueError:  # SQLAlchemy's int() of the port
+        raise DatabaseURLError(f"bad database URL {shown!r}: the port is not a number") from None
     backend = parsed.get_backend_name()
-    if backend == "postgresql":
+    if backend in ("postgres", "postgresql"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     elif backend == "sqlite":
         if parsed.drivername not in ("sqlite", "sqlite+pysqlite"):
-            raise DatabaseURLError(f"unsupported SQLite driver in {url!r}")
+            raise DatabaseURLError(f"unsupported SQLite driver in {shown!r}")
     else:
         raise DatabaseURLError(
-            f"unsupported database {backend!r} in {url!r}: use sqlite:///FILE or postgresql://..."
+            f"unsupported database {backend!r} in {shown!r}: use sqlite:///FILE or postgresql://..."
         )
     return parsed.render_as_string(hide_password=False)
 
@@ -44,6 +65,7 @@ def normalise_url(url: str) -> str:
 def make_engine(url: str) -> Engine:
     url = normalise_url(url)
     if url.startswith("sqlite"):
+        _make_default_directory(url)
         engine = create_engine(
             url, connect_args={"timeout": BUSY_TIMEOUT_SECONDS, "check_same_thread": False}
         )
@@ -53,6 +75,13 @@ def make_engine(url: str) -> Engine:
         # connection fails one statement; the worker is restarted and the pool recycles.
         engine = create_engine(url, pool_size=10, max_overflow=10, pool_recycle=1800)
     return engine
+
+
+def _make_default_directory(url: str) -> None:
+    """The default database's directory is edm's to create; any other path is the user's."""
+    path = default_database_path()
+    if make_url(url).database == str(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
 
 
 def _configure_sqlite(engine: Engine) -> None:
