@@ -75,7 +75,7 @@ def test_claim_respects_task_state_and_allowed_services(engine: Engine) -> None:
 def test_fenced_off_writes_change_nothing(engine: Engine) -> None:
     service_id, _ = _setup(engine, contacts=1)
     old = claim(engine, service_id, 1, lease_seconds=0.05, lookahead=0)
-    assert mark_sending(engine, old.token, [1], [], lease_seconds=0.05) == {1: 1}
+    assert mark_sending(engine, old.token, [1], lease_seconds=0.05) == {1: 1}
     time.sleep(0.1)
     report = UpkeepReport()
     reap(engine, report)
@@ -88,7 +88,7 @@ def test_fenced_off_writes_change_nothing(engine: Engine) -> None:
     assert new.rows[0].idempotency_key == old.rows[0].idempotency_key
 
     # The slow worker of the first claim comes back with its answer: fenced off.
-    assert mark_sending(engine, old.token, [1], [], lease_seconds=30) == {}
+    assert mark_sending(engine, old.token, [1], lease_seconds=30) == {}
     record_outcomes(
         engine,
         service_id,
@@ -108,7 +108,7 @@ def test_fenced_off_writes_change_nothing(engine: Engine) -> None:
     )
 
     # The new owner's writes do land.
-    assert mark_sending(engine, new.token, [1], [], lease_seconds=30) == {1: 2}
+    assert mark_sending(engine, new.token, [1], lease_seconds=30) == {1: 2}
     record_outcomes(
         engine,
         service_id,
@@ -136,7 +136,7 @@ def test_unknown_outcome_follows_the_delivery_policy(engine: Engine) -> None:
     )
     taken = claim(engine, service_id, 2, lease_seconds=30, lookahead=0)
     ids = [r.id for r in taken.rows]
-    mark_sending(engine, taken.token, ids, [], lease_seconds=30)
+    mark_sending(engine, taken.token, ids, lease_seconds=30)
     record_outcomes(
         engine,
         service_id,
@@ -171,7 +171,7 @@ def test_sandbox_answers_a_repeated_key_with_the_earlier_result(tmp_path) -> Non
 def _send_one(engine: Engine, service_id: int, kind: str) -> None:
     taken = claim(engine, service_id, 1, lease_seconds=30, lookahead=0)
     row_id = taken.rows[0].id
-    mark_sending(engine, taken.token, [row_id], [], lease_seconds=30)
+    mark_sending(engine, taken.token, [row_id], lease_seconds=30)
     outcome = Outcome(row_id, 1, kind, time.time(), message_id="m", error="e")
     record_outcomes(engine, service_id, taken.token, [outcome], SETTINGS)
 
@@ -191,7 +191,7 @@ def test_retry_after_pauses_the_service_for_every_worker(engine: Engine) -> None
     service_id, task_id = _setup(engine, contacts=3)
     taken = claim(engine, service_id, 1, lease_seconds=30, lookahead=0)
     row_id = taken.rows[0].id
-    mark_sending(engine, taken.token, [row_id], [], lease_seconds=30)
+    mark_sending(engine, taken.token, [row_id], lease_seconds=30)
     throttled = Outcome(row_id, 1, "transient", time.time(), error="429", retry_after=120)
     record_outcomes(engine, service_id, taken.token, [throttled], SETTINGS)
     # Any claim for this service, from any process, now waits for the pause to end.

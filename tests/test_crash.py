@@ -21,9 +21,10 @@ def test_sigkill_mid_run_recovers_without_duplicates(
 ) -> None:
     outbox = tmp_path / "outbox.jsonl"
     options = {"outbox": str(outbox), "latency": "0.02"}
-    services_mod.add_service(engine, "one", "sandbox", 0.01, options=options)
-    services_mod.add_service(engine, "two", "sandbox", 0.015, options=options)
-    total = 500
+    # About 80 sends a second: each short life of a worker sends only part of the task.
+    services_mod.add_service(engine, "one", "sandbox", 0.02, options=options)
+    services_mod.add_service(engine, "two", "sandbox", 0.03, options=options)
+    total = 600
     make_contacts(engine, total)
     task_id = tasks_mod.create_task(engine, "t", "s", text_body="x", start=True)
 

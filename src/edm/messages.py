@@ -17,13 +17,21 @@ from email.utils import parseaddr
 from functools import lru_cache
 from html.parser import HTMLParser
 
-from jinja2 import StrictUndefined, Template, TemplateSyntaxError
+from jinja2 import StrictUndefined, Template, TemplateSyntaxError, meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
 from edm.providers.base import OutgoingMessage
 
 _ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
 _HTML_ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=True)
+
+
+# Every contact has these, though `name` may be empty: a template may always use them.
+# Any other name a template uses must be a field of the contact, or carry a default.
+STANDARD_FIELDS = frozenset({"email", "name", "unsubscribe_url"})
+# Filters and tests that make a missing field harmless where they are applied.
+_DEFAULT_FILTERS = frozenset({"default", "d"})
+_DEFINED_TESTS = frozenset({"defined", "undefined"})
 
 
 class TemplateError(ValueError):
@@ -45,6 +53,36 @@ def validate(name: str, source: str | None, *, html: bool = False) -> None:
         (_HTML_ENV if html else _ENV).parse(source)
     except TemplateSyntaxError as exc:
         raise TemplateError(f"{name} template, line {exc.lineno}: {exc.message}") from None
+
+
+def required_fields(source: str | None, *, html: bool = False) -> set[str]:
+    """The contact fields a template cannot render without.
+
+    A use under `| default(...)` needs nothing, and a name tested with `is defined`
+    anywhere is taken as optional; standard fields and the environment's globals are
+    always there.
+    """
+    if source is None:
+        return set()
+    env = _HTML_ENV if html else _ENV
+    tree = env.parse(source)
+    used = meta.find_undeclared_variables(tree)
+    defaulted = {
+        id(node.node)
+        for node in tree.find_all(nodes.Filter)
+        if node.name in _DEFAULT_FILTERS and isinstance(node.node, nodes.Name)
+    }
+    tested = {
+        node.node.name
+        for node in tree.find_all(nodes.Test)
+        if node.name in _DEFINED_TESTS and isinstance(node.node, nodes.Name)
+    }
+    needed = {
+        node.name
+        for node in tree.find_all(nodes.Name)
+        if node.ctx == "load" and node.name in used and id(node) not in defaulted
+    }
+    return needed - tested - STANDARD_FIELDS - set(env.globals)
 
 
 class _Part:

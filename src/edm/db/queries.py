@@ -65,7 +65,7 @@ ELIGIBLE_TASKS = _both("""
 # filtering the whole sent prefix of a big task again on every claim. ---------------------
 _CLAIM_SET = """
     SET status = 'allocated', service_id = :service_id, lease_token = :token,
-        lease_expires_at = :lease_until"""
+        lease_expires_at = :lease_until, claimed_by = :owner"""
 _CLAIM_RETURNING = "RETURNING id, task_id, contact_id, idempotency_key, attempts"
 CLAIM = {
     "postgresql": f"""
@@ -94,6 +94,18 @@ ADVANCE_PACE = _both("""
     UPDATE services SET next_send_at = :next_send_at, quota_day = :quota_day,
                         quota_used = :quota_used
     WHERE id = :service_id""")
+
+# Slots a claim did not use (its rows settled before any call) go back to the pace row,
+# but only while no later claim has booked past them: the compare on `next_send_at` is
+# what keeps two sends from ever sharing a slot.
+REFUND_PACE = _both("""
+    UPDATE services SET next_send_at = :pace_end - :seconds
+    WHERE id = :service_id AND next_send_at = :pace_end""")
+
+REFUND_QUOTA = _both("""
+    UPDATE services
+    SET quota_used = CASE WHEN quota_used > :n THEN quota_used - :n ELSE 0 END
+    WHERE id = :service_id AND quota_day = :quota_day""")
 
 CLAIMED_CONTACTS = _both("""
     SELECT id, email, name, fields, status FROM contacts WHERE id IN :ids""")
@@ -215,6 +227,31 @@ REAP_SENDING = _both("""
         last_error = 'lease ran out while sending: outcome unknown'
     WHERE status = 'sending' AND lease_expires_at < {now}""")
 
+# Claims of a worker that is gone come back without waiting out their leases: those of an
+# instance whose heartbeat stopped (`:dead_seconds`), and those a crashed worker of a live
+# instance left (`RELEASE_WORKER`, run before its replacement starts). The status list
+# matches the in-flight index's predicate so that this walks only in-flight rows.
+_RELEASE_SET = """
+    SET status = CASE WHEN status = 'allocated' THEN 'pending' ELSE 'unknown' END,
+        error_class = CASE WHEN status = 'allocated' THEN error_class ELSE 'unknown' END,
+        last_error = CASE WHEN status = 'allocated' THEN last_error
+                          ELSE :reason END,
+        lease_token = CASE WHEN status = 'allocated' THEN NULL ELSE lease_token END,
+        lease_expires_at = NULL, claimed_by = NULL"""
+RELEASE_DEAD_INSTANCES = _both(f"""
+    UPDATE sub_tasks {_RELEASE_SET}
+    WHERE status IN ('allocated', 'sending')
+      AND claimed_by IN (SELECT instance_id FROM worker_heartbeats GROUP BY instance_id
+                         HAVING max(beat_at) < {{now}} - :dead_seconds)""")
+RELEASE_WORKER = _both(f"""
+    UPDATE sub_tasks {_RELEASE_SET}
+    WHERE status IN ('allocated', 'sending') AND claimed_by = :owner
+      AND service_id = :service_id""")
+
+# Heartbeats of instances gone for a day: nothing is left to release for them.
+FORGET_OLD_HEARTBEATS = _both("""
+    DELETE FROM worker_heartbeats WHERE beat_at < {now} - 86400""")
+
 # -- the reconciler: unknown rows of tasks that are not paused ---------------------------------
 UNKNOWN_ROWS = _both("""
     SELECT s.id, s.service_id, s.first_sending_at, s.attempts, t.status AS task_status,
@@ -239,6 +276,18 @@ FAIL_UNKNOWN = _both("""
     UPDATE sub_tasks
     SET status = 'failed', error_class = 'unknown', last_error = :reason, finished_at = {now}
     WHERE id = :id AND status = 'unknown'""")
+
+# A task whose templates keep failing at send time is paused before it burns through its
+# audience; `status_reason` tells the operator why.
+PAUSE_TASK_WITH_REASON = _both("""
+    UPDATE tasks SET status = 'paused', status_reason = :reason
+    WHERE id = :task_id AND status = 'running'""")
+
+# What a worker should expect a message of a running task to weigh, in characters: the
+# HTML counts twice, as a text part is made from it when a task has none.
+RUNNING_TEMPLATE_CHARS = _both("""
+    SELECT max(length(subject) + 2 * coalesce(length(html), 0) + coalesce(length(text_body), 0))
+    FROM tasks WHERE status = 'running'""")
 
 # -- task upkeep ---------------------------------------------------------------------------------
 SKIP_SUPPRESSED = _both("""
@@ -274,9 +323,54 @@ EXPAND_TASK = {
     for dialect in ("postgresql", "sqlite")
 }
 
+# -- checks at task create: the audience is every active contact --------------------------------
+# A field is missing when the contact's JSON has no such key (a JSON column on PostgreSQL:
+# cast to jsonb for the key test).
+CONTACTS_LACKING_FIELD = {
+    "postgresql": """
+        SELECT count(*) FROM contacts
+        WHERE status = 'active' AND NOT jsonb_exists(CAST(fields AS jsonb), :field)""",
+    "sqlite": """
+        SELECT count(*) FROM contacts
+        WHERE status = 'active' AND json_type(fields, :path) IS NULL""",
+}
+
+AUDIENCE_FIELD_NAMES = {
+    "postgresql": """
+        SELECT DISTINCT k FROM contacts, jsonb_object_keys(CAST(fields AS jsonb)) AS k
+        WHERE status = 'active' ORDER BY k LIMIT :limit""",
+    "sqlite": """
+        SELECT DISTINCT j.key FROM contacts, json_each(contacts.fields) AS j
+        WHERE contacts.status = 'active' ORDER BY j.key LIMIT :limit""",
+}
+
+AUDIENCE_SAMPLE = _both("""
+    SELECT id, email, name, fields, status FROM contacts
+    WHERE status = 'active' ORDER BY id LIMIT :limit""")
+
 CANCEL_SUBTASKS = _both("""
     UPDATE sub_tasks SET status = 'cancelled', finished_at = {now}, lease_expires_at = NULL
     WHERE task_id = :task_id AND status IN ('pending', 'allocated')""")
+
+# -- what `task show` and `task list` read ---------------------------------------------------------
+_TASK_COLUMNS = """id, name, status, status_reason, delivery_policy, priority, created_at,
+    scheduled_at, started_at, completed_at"""
+TASK_ROW = _both(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = :task_id")
+TASK_ROWS = _both(f"SELECT {_TASK_COLUMNS} FROM tasks ORDER BY id")
+
+TASK_SERVICE_NAMES = _both("""
+    SELECT s.name FROM services s JOIN task_services ts ON ts.service_id = s.id
+    WHERE ts.task_id = :task_id ORDER BY s.name""")
+
+TASK_SENT_SINCE = _both("""
+    SELECT count(*) FROM sub_tasks
+    WHERE task_id = :task_id AND status = 'sent' AND sent_at >= {now} - :seconds""")
+
+TASK_FAILURE_REASONS = _both("""
+    SELECT status, error_class, last_error, count(*) AS n FROM sub_tasks
+    WHERE task_id = :task_id AND status IN ('failed', 'skipped', 'unknown')
+    GROUP BY status, error_class, last_error
+    ORDER BY count(*) DESC, status, last_error LIMIT :limit""")
 
 TASK_COUNTS = _both("""
     SELECT status, count(*) AS n FROM sub_tasks WHERE task_id = :task_id GROUP BY status""")

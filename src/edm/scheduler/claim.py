@@ -35,6 +35,10 @@ class Claim:
     lease_until: float
     wake_at: float | None  # when no rows: when to ask again (None: idle poll)
     interval: float = 0.0  # the service's pace when claimed: slots are this far apart
+    # The pace row as this claim left it, so slots it does not use can be given back
+    # while no later claim has booked past them.
+    pace_end: float = 0.0
+    quota_day: str = ""
 
 
 def new_token() -> str:
@@ -49,10 +53,12 @@ def claim(
     lease_seconds: float,
     lookahead: float,
     watermarks: dict[int, int] | None = None,
+    owner: str | None = None,
 ) -> Claim:
     """Claim for one service. `watermarks` (task id -> lowest id worth scanning) is the
     caller's memory of how far each task's claims have got; it is updated in place and
-    must be cleared now and then, so rows that became pending again below it are seen."""
+    must be cleared now and then, so rows that became pending again below it are seen.
+    `owner` (the claiming instance) lets its claims be released early if it dies."""
     watermarks = {} if watermarks is None else watermarks
     dialect = engine.dialect.name
     token = new_token()
@@ -78,6 +84,7 @@ def claim(
                 {
                     "service_id": service_id,
                     "token": token,
+                    "owner": owner,
                     "lease_until": lease_until,
                     "task_ids": task_ids,
                     "now": now,
@@ -118,7 +125,17 @@ def claim(
         )
         for i, row in enumerate(claimed)
     ]
-    return Claim(token, rows, contacts, now, lease_until, None, allowed.interval)
+    return Claim(
+        token,
+        rows,
+        contacts,
+        now,
+        lease_until,
+        None,
+        allowed.interval,
+        pace_end=next_send_at,
+        quota_day=allowed.quota_day,
+    )
 
 
 def _pace_row(record) -> PaceRow:  # type: ignore[no-untyped-def]

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class UpkeepReport:
+    released_dead: int = 0
     reaped_allocated: int = 0
     reaped_sending: int = 0
     resent_same_key: int = 0
@@ -37,12 +38,25 @@ class UpkeepReport:
         return any(v for k, v in vars(self).items() if k != "notes")
 
 
-def reap(engine: Engine, report: UpkeepReport) -> None:
-    """Expired `allocated` rows go back to `pending`; expired `sending` ones become `unknown`."""
+def reap(engine: Engine, report: UpkeepReport, settings: Settings | None = None) -> None:
+    """Expired `allocated` rows go back to `pending`; expired `sending` ones become `unknown`.
+
+    Claims of an instance whose heartbeat stopped come back the same way without waiting
+    for their leases.
+    """
+    settings = settings or get_settings()
     dialect = engine.dialect.name
     with engine.begin() as conn:
+        report.released_dead += conn.execute(
+            q.query(q.RELEASE_DEAD_INSTANCES, dialect),
+            {
+                "dead_seconds": settings.instance_dead_seconds,
+                "reason": "its instance stopped while sending: outcome unknown",
+            },
+        ).rowcount
         report.reaped_allocated += conn.execute(q.query(q.REAP_ALLOCATED, dialect)).rowcount
         report.reaped_sending += conn.execute(q.query(q.REAP_SENDING, dialect)).rowcount
+        conn.execute(q.query(q.FORGET_OLD_HEARTBEATS, dialect))
 
 
 def reconcile(
@@ -110,7 +124,7 @@ def upkeep_tasks(engine: Engine, report: UpkeepReport) -> None:
 
 def run_upkeep(engine: Engine, settings: Settings | None = None) -> UpkeepReport:
     report = UpkeepReport()
-    reap(engine, report)
+    reap(engine, report, settings)
     reconcile(engine, report, settings)
     upkeep_tasks(engine, report)
     if report.changed():

@@ -185,6 +185,9 @@ class Supervisor:
             if handle is None:
                 handle = self.handles[service_id] = Handle(_service_info(row))
             if not handle.alive and now >= handle.retry_at:
+                if handle.worker is not None:
+                    # A worker of this instance died: what it held comes back at once.
+                    await asyncio.to_thread(self._release_claims, handle)
                 self._start(handle, now)
         self.snapshot = Snapshot(
             running=sum(1 for sid in wanted if self.handles.get(sid) and self.handles[sid].alive),
@@ -202,7 +205,9 @@ class Supervisor:
         except Exception as exc:
             self._failed(handle, now, f"cannot start provider {service.provider}: {exc}")
             return
-        handle.worker = ServiceWorker(self.engine, self.settings, service, provider)
+        handle.worker = ServiceWorker(
+            self.engine, self.settings, service, provider, owner=self.instance_id
+        )
         handle.task = asyncio.create_task(handle.worker.run(), name=f"worker-{service.name}")
         handle.started_at = now
         log.info("worker for service %s started", service.name)
@@ -232,6 +237,28 @@ class Supervisor:
                 )
         except Exception:
             log.exception("could not record the error of service %s", handle.service.name)
+
+    def _release_claims(self, handle: Handle) -> None:
+        try:
+            with self.engine.begin() as conn:
+                released = conn.execute(
+                    q.query(q.RELEASE_WORKER, self.engine.dialect.name),
+                    {
+                        "owner": self.instance_id,
+                        "service_id": handle.service.id,
+                        "reason": "its worker crashed while sending: outcome unknown",
+                    },
+                ).rowcount
+        except Exception as exc:  # the leases still run out: nothing is lost
+            log.warning("could not release the claims of service %s: %s", handle.service.name, exc)
+            return
+        if released:
+            log.info(
+                "service %s: %d claims of the crashed worker released",
+                handle.service.name,
+                released,
+                extra={"action": "claims_released", "service_id": handle.service.id},
+            )
 
     # -- database ---------------------------------------------------------------------------------
     def _read_services(self) -> list:

@@ -42,18 +42,31 @@ class Outcome:
     retry_after: float | None = None
 
 
-def mark_sending(
-    engine: Engine, token: str, ids: list[int], settles: list[Settle], lease_seconds: float
-) -> dict[int, int]:
-    """Commit `sending` before the call; return {id: attempts} of the rows that may be sent.
+@dataclass(frozen=True)
+class Refund:
+    """Pace slots and quota units a claim took for rows that were never sent."""
 
-    Rows that may not be sent now (task no longer running) are released to `pending`
-    in the same transaction.
-    """
+    service_id: int
+    slots: int
+    interval: float
+    pace_end: float  # the pace row's next_send_at as the claim left it
+    quota_day: str
+
+
+def settle_unsent(
+    engine: Engine,
+    token: str,
+    settles: list[Settle],
+    refund: Refund,
+    pause_tasks: dict[int, str] | None = None,
+) -> None:
+    """Settle rows that fail before any call, give back what their claim spent on them,
+    and pause the tasks whose templates keep failing (task id -> reason)."""
     dialect = engine.dialect.name
     with engine.begin() as conn:
+        settled = 0
         for settle in settles:
-            conn.execute(
+            settled += conn.execute(
                 q.query(q.SETTLE_ALLOCATED, dialect),
                 {
                     "id": settle.id,
@@ -62,9 +75,38 @@ def mark_sending(
                     "error": settle.error,
                     "error_class": settle.error_class,
                 },
+            ).rowcount
+        if settled:
+            conn.execute(
+                q.query(q.REFUND_PACE, dialect),
+                {
+                    "service_id": refund.service_id,
+                    "pace_end": refund.pace_end,
+                    "seconds": settled * refund.interval,
+                },
             )
-        if not ids:
-            return {}
+            conn.execute(
+                q.query(q.REFUND_QUOTA, dialect),
+                {"service_id": refund.service_id, "n": settled, "quota_day": refund.quota_day},
+            )
+        for task_id, reason in (pause_tasks or {}).items():
+            conn.execute(
+                q.query(q.PAUSE_TASK_WITH_REASON, dialect), {"task_id": task_id, "reason": reason}
+            )
+
+
+def mark_sending(
+    engine: Engine, token: str, ids: list[int], lease_seconds: float
+) -> dict[int, int]:
+    """Commit `sending` before the call; return {id: attempts} of the rows that may be sent.
+
+    Rows that may not be sent now (task no longer running) are released to `pending`
+    in the same transaction.
+    """
+    if not ids:
+        return {}
+    dialect = engine.dialect.name
+    with engine.begin() as conn:
         sending = {
             row.id: row.attempts
             for row in conn.execute(

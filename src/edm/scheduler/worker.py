@@ -14,7 +14,7 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import Engine
 
@@ -24,15 +24,26 @@ from edm.db.secrets import signing_key
 from edm.messages import MessageBuilder, TaskTemplates, TemplateError
 from edm.providers.base import OutgoingMessage, Provider, ProviderError
 from edm.scheduler.claim import Claim, ClaimedRow, claim
-from edm.scheduler.transitions import Outcome, Settle, mark_sending, record_outcomes, release
+from edm.scheduler.transitions import (
+    Outcome,
+    Refund,
+    Settle,
+    mark_sending,
+    record_outcomes,
+    release,
+    settle_unsent,
+)
 
 log = logging.getLogger(__name__)
 
 # Longest single sleep while waiting for a pace slot, so an operator's change of interval
 # is seen without a restart.
 MAX_PACE_SLEEP = 5.0
-# How long a claim watermark is trusted before the scan starts from a task's first row again.
+# How long a claim watermark is trusted before the scan starts from a task's first row again;
+# the expected size of a message is read again as often.
 WATERMARK_SECONDS = 5.0
+# What a rendered message costs beyond its text (headers, objects), in bytes.
+MESSAGE_OVERHEAD_BYTES = 2048
 
 
 @dataclass(frozen=True)
@@ -46,9 +57,15 @@ class ServiceInfo:
 
 class ServiceWorker:
     def __init__(
-        self, engine: Engine, settings: Settings, service: ServiceInfo, provider: Provider
+        self,
+        engine: Engine,
+        settings: Settings,
+        service: ServiceInfo,
+        provider: Provider,
+        owner: str | None = None,
     ) -> None:
         self.engine = engine
+        self.owner = owner  # the instance: its claims are released if it dies
         self.settings = settings
         self.service = service
         self.provider = provider
@@ -66,6 +83,11 @@ class ServiceWorker:
         )
         self._send_turns = asyncio.Semaphore(self._turns or 1)  # used only with turns
         self._builders: dict[int, MessageBuilder | TemplateError] = {}
+        # Rendered messages held, by sub-task, so a big campaign cannot exhaust memory.
+        self._message_bytes: dict[int, int] = {}
+        self._in_flight_bytes = 0
+        self._message_estimate = MESSAGE_OVERHEAD_BYTES
+        self._template_failures: dict[int, int] = {}  # task id -> failures in a row
         self._watermarks: dict[int, int] = {}
         self._watermarks_reset_at = 0.0
 
@@ -88,15 +110,16 @@ class ServiceWorker:
             while not self.stopping:
                 if self._failure:
                     raise self._failure
-                room = self.settings.max_in_flight - self._in_flight
-                if room <= 0:
-                    self._capacity.clear()
-                    await self._capacity.wait()
-                    continue
                 if time.monotonic() >= self._watermarks_reset_at:
                     # Retried, released and reaped rows below the watermarks come back.
                     self._watermarks.clear()
                     self._watermarks_reset_at = time.monotonic() + WATERMARK_SECONDS
+                    self._message_estimate = await asyncio.to_thread(self._expected_message_bytes)
+                room = self._room()
+                if room <= 0:
+                    self._capacity.clear()
+                    await self._capacity.wait()
+                    continue
                 taken = await asyncio.to_thread(
                     claim,
                     self.engine,
@@ -105,6 +128,7 @@ class ServiceWorker:
                     lease_seconds=self.settings.lease_seconds,
                     lookahead=self.settings.lookahead_seconds,
                     watermarks=self._watermarks,
+                    owner=self.owner,
                 )
                 if taken.rows:
                     self._start_batch(taken)
@@ -122,6 +146,24 @@ class ServiceWorker:
         if self._failure:
             raise self._failure
 
+    def _room(self) -> int:
+        """How many rows may be claimed now: bounded by rows and by the bytes their
+        rendered messages are expected to take."""
+        rows = self.settings.max_in_flight - self._in_flight
+        free_bytes = self.settings.max_in_flight_bytes - self._in_flight_bytes
+        if free_bytes <= 0:
+            return 0
+        by_bytes = free_bytes // self._message_estimate
+        # Nothing held: one row may always go, however large, or a task could never send.
+        return min(rows, max(by_bytes, 1 if self._in_flight == 0 else 0))
+
+    def _expected_message_bytes(self) -> int:
+        with self.engine.connect() as conn:
+            chars = conn.execute(
+                q.query(q.RUNNING_TEMPLATE_CHARS, self.engine.dialect.name)
+            ).scalar()
+        return int(chars or 0) + MESSAGE_OVERHEAD_BYTES
+
     async def _sleep(self, seconds: float) -> None:
         self._wake.clear()
         if seconds <= 0:
@@ -131,6 +173,10 @@ class ServiceWorker:
 
     def _start_batch(self, taken: Claim) -> None:
         self._in_flight += len(taken.rows)
+        # Until its message is rendered, a row holds the bytes one is expected to take.
+        for row in taken.rows:
+            self._message_bytes[row.id] = self._message_estimate
+        self._in_flight_bytes += self._message_estimate * len(taken.rows)
         task = asyncio.create_task(self._process(taken))
         self._batches.add(task)
         task.add_done_callback(self._batch_done)
@@ -141,17 +187,26 @@ class ServiceWorker:
             self._failure = task.exception()
             self._wake.set()
 
-    def _finished(self, count: int) -> None:
-        self._in_flight -= count
+    def _finished(self, ids: list[int]) -> None:
+        self._in_flight -= len(ids)
+        for sub_task_id in ids:
+            self._in_flight_bytes -= self._message_bytes.pop(sub_task_id, 0)
         self._capacity.set()
 
-    # -- one claim: wait for each slot, send, record -----------------------------------------------
+    # -- one claim: render, wait for each slot, send, record ------------------------------------
     async def _process(self, taken: Claim) -> None:
         loop = asyncio.get_running_loop()
         db_offset = taken.db_now - loop.time()  # database clock = loop.time() + db_offset
         remaining = list(taken.rows)
         sends: list[asyncio.Task] = []
         try:
+            messages = await self._render(taken)
+            # The rows to send take the claim's first slots; the others' were given back.
+            sendable = (row for row in taken.rows if row.id in messages)
+            remaining = [
+                replace(row, slot_at=slot.slot_at)
+                for row, slot in zip(sendable, taken.rows, strict=False)
+            ]
             last_start = -math.inf
             while remaining and not self.stopping:
                 # A paced service never bursts, even when this loop runs late: one row per
@@ -172,19 +227,77 @@ class ServiceWorker:
                     # now, so no row waits out its lease in `sending` behind the others.
                     due = due[: self._turns]
                 remaining = remaining[len(due) :]
-                send = await self._start_group(taken, due)
+                send = await self._start_group(taken, due, messages)
                 if send and self._turns:
                     await send
                 elif send:
                     sends.append(send)
         finally:
             if remaining:
-                await asyncio.to_thread(
-                    release, self.engine, taken.token, [row.id for row in remaining]
-                )
-                self._finished(len(remaining))
+                ids = [row.id for row in remaining]
+                await asyncio.to_thread(release, self.engine, taken.token, ids)
+                self._finished(ids)
             if sends:
                 await asyncio.gather(*sends)
+
+    async def _render(self, taken: Claim) -> dict[int, OutgoingMessage]:
+        """Every message of a claim, before its first slot. Rows that cannot be sent
+        (suppressed contact, failing template) are settled at once and give back the
+        pace slot and quota unit they were claimed with."""
+        messages: dict[int, OutgoingMessage] = {}
+        settles: list[Settle] = []
+        pauses: dict[int, str] = {}
+        for row in taken.rows:
+            contact = taken.contacts.get(row.contact_id)
+            if contact is None or contact["status"] != "active":
+                status = contact["status"] if contact else "deleted"
+                settles.append(Settle(row.id, "skipped", f"contact is {status}"))
+                continue
+            try:
+                builder = await self._builder(row.task_id)
+                message = builder.build(
+                    sub_task_id=row.id,
+                    task_id=row.task_id,
+                    idempotency_key=row.idempotency_key,
+                    contact=contact,
+                )
+            except TemplateError as exc:
+                settles.append(Settle(row.id, "failed", str(exc), "template"))
+                reason = self._count_template_failure(row.task_id, str(exc))
+                if reason:
+                    pauses[row.task_id] = reason
+                continue
+            if self._template_failures:
+                self._template_failures.pop(row.task_id, None)
+            messages[row.id] = message
+            size = _message_bytes(message)
+            self._in_flight_bytes += size - self._message_bytes.get(row.id, 0)
+            self._message_bytes[row.id] = size
+        if settles:
+            refund = Refund(
+                self.service.id, len(settles), taken.interval, taken.pace_end, taken.quota_day
+            )
+            await asyncio.to_thread(
+                settle_unsent, self.engine, taken.token, settles, refund, pauses
+            )
+            for task_id, reason in pauses.items():
+                log.warning(
+                    "task %s paused: %s",
+                    task_id,
+                    reason,
+                    extra={"action": "task_paused", "task_id": task_id},
+                )
+            self._finished([settle.id for settle in settles])
+        return messages
+
+    def _count_template_failure(self, task_id: int, error: str) -> str | None:
+        """The reason to pause the task once its templates failed too often in a row."""
+        failures = self._template_failures.get(task_id, 0) + 1
+        self._template_failures[task_id] = failures
+        if failures < self.settings.template_failure_limit:
+            return None
+        self._template_failures[task_id] = 0
+        return f"paused after {failures} template failures in a row (last: {error})"
 
     async def _sleep_unless_stopping(self, seconds: float) -> None:
         stop_poll = 0.05
@@ -195,34 +308,14 @@ class ServiceWorker:
                 return
             await asyncio.sleep(min(left, stop_poll))
 
-    async def _start_group(self, taken: Claim, rows: list[ClaimedRow]) -> asyncio.Task | None:
-        messages: dict[int, OutgoingMessage] = {}
-        settles: list[Settle] = []
-        for row in rows:
-            contact = taken.contacts.get(row.contact_id)
-            if contact is None or contact["status"] != "active":
-                status = contact["status"] if contact else "deleted"
-                settles.append(Settle(row.id, "skipped", f"contact is {status}"))
-                continue
-            try:
-                builder = await self._builder(row.task_id)
-                messages[row.id] = builder.build(
-                    sub_task_id=row.id,
-                    task_id=row.task_id,
-                    idempotency_key=row.idempotency_key,
-                    contact=contact,
-                )
-            except TemplateError as exc:
-                settles.append(Settle(row.id, "failed", str(exc), "template"))
+    async def _start_group(
+        self, taken: Claim, rows: list[ClaimedRow], messages: dict[int, OutgoingMessage]
+    ) -> asyncio.Task | None:
+        ids = [row.id for row in rows]
         sending = await asyncio.to_thread(
-            mark_sending,
-            self.engine,
-            taken.token,
-            list(messages),
-            settles,
-            self.settings.lease_seconds,
+            mark_sending, self.engine, taken.token, ids, self.settings.lease_seconds
         )
-        self._finished(len(rows) - len(sending))
+        self._finished([i for i in ids if i not in sending])
         if not sending:
             return None
         group = [(messages[i], attempts) for i, attempts in sending.items()]
@@ -269,7 +362,7 @@ class ServiceWorker:
                 )
                 self.stop()
         finally:
-            self._finished(len(group))
+            self._finished([message.sub_task_id for message, _ in group])
 
     def _call_timeout(self) -> float:
         """Our side gives up before the lease runs out, so the reaper never races a live call."""
@@ -338,6 +431,15 @@ class ServiceWorker:
         return Outcome(
             message.sub_task_id, attempts, "sent", started, message_id=result.provider_message_id
         )
+
+
+def _message_bytes(message: OutgoingMessage) -> int:
+    return (
+        len(message.subject)
+        + len(message.html or "")
+        + len(message.text or "")
+        + MESSAGE_OVERHEAD_BYTES
+    )
 
 
 def _timed_out(message: OutgoingMessage, attempts: int, started: float, timeout: float) -> Outcome:

@@ -1,0 +1,122 @@
+"""What an operator sees of a task: status, counts, why rows failed, the current rate.
+
+Read with plain SQL and no ORM, so that `edm task show` (and `--watch`, which reads
+this every second) starts and answers fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from sqlalchemy import Connection, Engine
+
+from edm.db import queries as q
+
+# Failure reasons listed per task, and how much of each message is shown: provider
+# replies can be long and may quote an address.
+REASONS_SHOWN = 10
+REASON_CHARS = 160
+RATE_WINDOW_SECONDS = 60.0
+
+
+class TaskNotFound(ValueError):
+    def __init__(self, task_id: int) -> None:
+        super().__init__(f"unknown task {task_id}")
+
+
+@dataclass(frozen=True)
+class FailureReason:
+    status: str  # failed | skipped | unknown
+    error_class: str | None
+    message: str
+    count: int
+
+
+@dataclass(frozen=True)
+class TaskView:
+    id: int
+    name: str
+    status: str
+    status_reason: str | None
+    total: int
+    counts: dict[str, int]
+    services: list[str]
+    delivery_policy: str
+    priority: int
+    created_at: float
+    scheduled_at: float | None
+    started_at: float | None
+    completed_at: float | None
+    sent_last_minute: int = 0
+    reasons: list[FailureReason] = field(default_factory=list)
+
+    def as_json(self) -> dict:
+        return asdict(self)
+
+
+def show_task(engine: Engine, task_id: int) -> TaskView:
+    with engine.connect() as conn:
+        row = conn.execute(q.query(q.TASK_ROW, engine.dialect.name), {"task_id": task_id}).first()
+        if row is None:
+            raise TaskNotFound(task_id)
+        return _view(conn, row, details=True)
+
+
+def list_tasks(engine: Engine) -> list[TaskView]:
+    with engine.connect() as conn:
+        rows = conn.execute(q.query(q.TASK_ROWS, engine.dialect.name)).all()
+        return [_view(conn, row, details=False) for row in rows]
+
+
+def task_counts(conn: Connection, task_id: int) -> dict[str, int]:
+    rows = conn.execute(q.query(q.TASK_COUNTS, conn.dialect.name), {"task_id": task_id})
+    return {row.status: int(row.n) for row in rows}
+
+
+def _view(conn: Connection, row, *, details: bool) -> TaskView:  # type: ignore[no-untyped-def]
+    dialect = conn.dialect.name
+    counts = task_counts(conn, row.id)
+    services = [
+        name
+        for (name,) in conn.execute(q.query(q.TASK_SERVICE_NAMES, dialect), {"task_id": row.id})
+    ]
+    rate = 0
+    reasons: list[FailureReason] = []
+    if details:
+        rate = int(
+            conn.execute(
+                q.query(q.TASK_SENT_SINCE, dialect),
+                {"task_id": row.id, "seconds": RATE_WINDOW_SECONDS},
+            ).scalar_one()
+        )
+        reasons = [
+            FailureReason(r.status, r.error_class, _cut(r.last_error), int(r.n))
+            for r in conn.execute(
+                q.query(q.TASK_FAILURE_REASONS, dialect),
+                {"task_id": row.id, "limit": REASONS_SHOWN},
+            )
+        ]
+    return TaskView(
+        id=row.id,
+        name=row.name,
+        status=row.status,
+        status_reason=row.status_reason,
+        total=sum(counts.values()),
+        counts=counts,
+        services=services,
+        delivery_policy=row.delivery_policy,
+        priority=row.priority,
+        created_at=row.created_at,
+        scheduled_at=row.scheduled_at,
+        started_at=row.started_at,
+        completed_at=row.completed_at,
+        sent_last_minute=rate,
+        reasons=reasons,
+    )
+
+
+def _cut(message: str | None) -> str:
+    if not message:
+        return ""
+    message = " ".join(message.split())
+    return message if len(message) <= REASON_CHARS else message[: REASON_CHARS - 1] + "…"
