@@ -78,6 +78,13 @@ def test_frozen_disabled_or_paused_services_get_nothing() -> None:
     assert paused.slots == 0 and paused.wake_at == NOW + 30
 
 
+def test_a_pace_that_is_not_a_number_never_sends() -> None:
+    # Stored before inputs were checked: a NaN pace once made a worker spin on its task.
+    for interval in (math.nan, math.inf):
+        got = allowance(row(interval_seconds=interval), NOW, 10, 1)
+        assert got.slots == 0 and got.wake_at is None
+
+
 def test_quota_resets_on_a_new_utc_day() -> None:
     spent = row(daily_quota=5, quota_day=utc_day(NOW), quota_used=5, interval_seconds=0)
     blocked = allowance(spent, NOW, 10, 1)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from edm import validation
 from edm.config import Settings
 from edm.contacts import EMAIL
 from edm.db.models import Service, WorkerHeartbeat
@@ -47,7 +48,7 @@ def parse_options(pairs: list[str]) -> dict[str, str]:
         if not sep or not key.strip():
             raise ServiceInputError(f"--option must be KEY=VALUE, not {pair!r}")
         options[key.strip()] = value
-    return options
+    return validation.options(options, error=ServiceInputError)
 
 
 def add_service(
@@ -58,14 +59,10 @@ def add_service(
     daily_quota: int | None = None,
     options: dict[str, str] | None = None,
 ) -> int:
-    name = name.strip()
-    if not name:
-        raise ServiceInputError("service name must not be empty")
-    if interval < 0:
-        raise ServiceInputError(f"--interval must be 0 or more seconds, not {interval}")
-    if daily_quota is not None and daily_quota < 0:
-        raise ServiceInputError(f"--daily-quota must be 0 or more, not {daily_quota}")
-    options = options or {}
+    name = validation.label(name, "service name", error=ServiceInputError)
+    interval = validation.interval_seconds(interval, "--interval", error=ServiceInputError)
+    daily_quota = _quota(daily_quota)
+    options = validation.options(options or {}, error=ServiceInputError)
     try:
         provider_class(provider)(name, options)  # validates the options
     except OptionError as exc:
@@ -77,7 +74,7 @@ def add_service(
             name=name,
             provider=provider,
             options=options,
-            interval_seconds=float(interval),
+            interval_seconds=interval,
             daily_quota=daily_quota,
             created_at=time.time(),
         )
@@ -87,7 +84,14 @@ def add_service(
         return service.id
 
 
+def _quota(daily_quota: int | None) -> int | None:
+    if daily_quota is None:
+        return None
+    return validation.int32(daily_quota, "--daily-quota", low=0, error=ServiceInputError)
+
+
 def get_service(session: Session, name: str) -> Service:
+    validation.db_text(name, "service name", error=ServiceInputError)
     service = session.scalar(select(Service).where(Service.name == name))
     if service is None:
         raise ServiceInputError(f"unknown service {name!r}")
@@ -95,6 +99,8 @@ def get_service(session: Session, name: str) -> Service:
 
 
 def set_frozen(engine: Engine, name: str, frozen: bool, reason: str | None = None) -> None:
+    if reason is not None:
+        validation.db_text(reason, "--reason", error=ServiceInputError)
     with Session(engine) as session, session.begin():
         service = get_service(session, name)
         service.frozen = frozen
@@ -119,14 +125,14 @@ def update_service(
 ) -> None:
     """Change a service; running workers see pace and quota at their next claim and are
     restarted (within `supervisor_seconds`) when the provider options change."""
-    if interval is not None and interval < 0:
-        raise ServiceInputError(f"--interval must be 0 or more seconds, not {interval}")
-    if daily_quota is not None and daily_quota < 0:
-        raise ServiceInputError(f"--daily-quota must be 0 or more, not {daily_quota}")
+    if interval is not None:
+        interval = validation.interval_seconds(interval, "--interval", error=ServiceInputError)
+    daily_quota = _quota(daily_quota)
+    options = validation.options(options or {}, error=ServiceInputError)
     with Session(engine) as session, session.begin():
         service = get_service(session, name)
         if interval is not None:
-            service.interval_seconds = float(interval)
+            service.interval_seconds = interval
         if daily_quota is not None:
             service.daily_quota = daily_quota
         if options:

@@ -20,8 +20,7 @@ RATE_WINDOW_SECONDS = 60.0
 
 
 class TaskNotFound(ValueError):
-    def __init__(self, task_id: int) -> None:
-        super().__init__(f"unknown task {task_id}")
+    """No task has that id."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,7 @@ def show_task(engine: Engine, task_id: int) -> TaskView:
     with engine.connect() as conn:
         row = conn.execute(q.query(q.TASK_ROW, engine.dialect.name), {"task_id": task_id}).first()
         if row is None:
-            raise TaskNotFound(task_id)
+            raise TaskNotFound(f"unknown task {task_id}")
         return _view(conn, row, details=True)
 
 

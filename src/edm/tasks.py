@@ -3,49 +3,25 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
-from edm import messages
+from edm import template_checks as checks
+from edm import validation
+from edm.config import get_settings
 from edm.db import queries as q
-from edm.db.models import DELIVERY_POLICIES, Service, Task, TaskService
+from edm.db.models import DELIVERY_POLICIES, Contact, Service, Task, TaskService
 from edm.db.notify import notify
+
+# Showing tasks lives in edm.task_views (no ORM, fast to import); these names stay here too.
+from edm.task_views import TaskView as TaskView
+from edm.task_views import list_tasks as list_tasks
+from edm.task_views import show_task as show_task
 
 
 class TaskInputError(ValueError):
     """Bad input for a task command; the message names what is wrong."""
-
-
-@dataclass(frozen=True)
-class TaskView:
-    id: int
-    name: str
-    status: str
-    total: int
-    counts: dict[str, int]
-    services: list[str]
-    delivery_policy: str
-    created_at: float
-    scheduled_at: float | None
-    started_at: float | None
-    completed_at: float | None
-
-    def as_json(self) -> dict:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "status": self.status,
-            "total": self.total,
-            "counts": self.counts,
-            "services": self.services,
-            "delivery_policy": self.delivery_policy,
-            "created_at": self.created_at,
-            "scheduled_at": self.scheduled_at,
-            "started_at": self.started_at,
-            "completed_at": self.completed_at,
-        }
 
 
 def create_task(
@@ -61,20 +37,31 @@ def create_task(
     priority: int = 0,
     delivery_policy: str = "at_most_once",
     start_at: float | None = None,
+    allow_missing_fields: bool = False,
 ) -> int:
-    if not name.strip():
-        raise TaskInputError("task name must not be empty")
+    """Create a task and its sub-tasks; templates are checked against the audience first."""
+    name = validation.label(name, "task name", error=TaskInputError)
+    for option, value in (("--subject", subject), ("--html", html), ("--text", text_body)):
+        if value is not None:
+            validation.db_text(value, option, error=TaskInputError)
+    if from_addr is not None:
+        from_addr = validation.sender(from_addr, "--from", error=TaskInputError)
+    services = [validation.db_text(s, "--services", error=TaskInputError) for s in services or []]
+    services = list(dict.fromkeys(services))  # a name twice is the same service once
+    priority = validation.int32(priority, "--priority", error=TaskInputError)
+    if start_at is not None:
+        start_at = validation.start_time(start_at, "--at", error=TaskInputError)
     if html is None and text_body is None:
         raise TaskInputError("a task needs --html FILE or --text TEXT")
     if delivery_policy not in DELIVERY_POLICIES:
         raise TaskInputError(f"--delivery must be one of {', '.join(DELIVERY_POLICIES)}")
-    try:
-        messages.validate("subject", subject)
-        messages.validate("html", html, html=True)
-        messages.validate("text", text_body)
-    except messages.TemplateError as exc:
-        raise TaskInputError(str(exc)) from None
+    content = checks.TaskContent(subject, html, text_body)
+    checks.check_sizes(content, get_settings().max_template_bytes)
+    checks.check_syntax(content)
     with Session(engine) as session, session.begin():
+        checks.check_against_audience(
+            session.connection(), content, allow_missing_fields=allow_missing_fields
+        )
         service_ids = []
         for service_name in services or []:
             service = session.scalar(select(Service).where(Service.name == service_name))
@@ -108,7 +95,12 @@ def create_task(
 
 
 def _expand(session: Session, task_id: int) -> None:
-    """One sub-task per contact; running it again adds only contacts that are new."""
+    """One sub-task per contact; running it again adds only contacts that are new.
+
+    Refused when no contact is active: the task would complete at once, sending nothing.
+    """
+    if session.scalar(select(Contact.id).where(Contact.status == "active").limit(1)) is None:
+        raise TaskInputError("no active contact to send to: import contacts first")
     dialect = session.get_bind().dialect.name
     session.execute(text(q.EXPAND_TASK[dialect]), {"task_id": task_id})
 
@@ -139,8 +131,11 @@ def pause_task(engine: Engine, task_id: int) -> None:
     with Session(engine) as session, session.begin():
         task = _get(session, task_id)
         if task.status not in ("running", "scheduled"):
-            raise TaskInputError(f"task {task_id} is {task.status}: only a running task pauses")
-        task.status = "paused"
+            raise TaskInputError(
+                f"task {task_id} is {task.status}: only a running or scheduled task pauses"
+            )
+        task.status = "paused"  # scheduled_at is kept: resume waits for it again
+        task.status_reason = "paused by an operator"
 
 
 def resume_task(engine: Engine, task_id: int) -> None:
@@ -148,7 +143,12 @@ def resume_task(engine: Engine, task_id: int) -> None:
         task = _get(session, task_id)
         if task.status != "paused":
             raise TaskInputError(f"task {task_id} is {task.status}: only a paused task resumes")
-        _set_running(session, task)
+        task.status_reason = None
+        if task.started_at is None and task.scheduled_at is not None:
+            # Paused before its time: it waits for it again, and upkeep starts it when due.
+            task.status = "scheduled"
+        else:
+            _set_running(session, task)
 
 
 def cancel_task(engine: Engine, task_id: int) -> None:
@@ -160,45 +160,3 @@ def cancel_task(engine: Engine, task_id: int) -> None:
         task.completed_at = time.time()
         dialect = session.get_bind().dialect.name
         session.execute(q.query(q.CANCEL_SUBTASKS, dialect), {"task_id": task_id})
-
-
-def task_counts(session: Session, task_id: int) -> dict[str, int]:
-    dialect = session.get_bind().dialect.name
-    rows = session.execute(q.query(q.TASK_COUNTS, dialect), {"task_id": task_id})
-    return {row.status: int(row.n) for row in rows}
-
-
-def show_task(engine: Engine, task_id: int) -> TaskView:
-    with Session(engine) as session:
-        task = session.get(Task, task_id)
-        if task is None:
-            raise TaskInputError(f"unknown task {task_id}")
-        return _view(session, task)
-
-
-def list_tasks(engine: Engine) -> list[TaskView]:
-    with Session(engine) as session:
-        return [_view(session, task) for task in session.scalars(select(Task).order_by(Task.id))]
-
-
-def _view(session: Session, task: Task) -> TaskView:
-    counts = task_counts(session, task.id)
-    names = session.scalars(
-        select(Service.name)
-        .join(TaskService, TaskService.service_id == Service.id)
-        .where(TaskService.task_id == task.id)
-        .order_by(Service.name)
-    ).all()
-    return TaskView(
-        id=task.id,
-        name=task.name,
-        status=task.status,
-        total=sum(counts.values()),
-        counts=counts,
-        services=list(names),
-        delivery_policy=task.delivery_policy,
-        created_at=task.created_at,
-        scheduled_at=task.scheduled_at,
-        started_at=task.started_at,
-        completed_at=task.completed_at,
-    )

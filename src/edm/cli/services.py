@@ -5,46 +5,69 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from edm.cli.common import engine, fail, handles_errors, masked, out, print_json
 
 app = typer.Typer(no_args_is_help=True, help="Sending services: add, change, test, freeze.")
 
+# The keys of edm.providers.registry.PROVIDERS, written out: importing the registry imports
+# every provider's HTTP and SMTP client, and `edm --help` must answer at once. A test
+# checks that the two agree.
+PROVIDER_NAMES = ("sandbox", "smtp", "engagelab")
+
+Json = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+
 
 @app.command("add")
 @handles_errors
 def service_add(
     name: str,
-    provider: Annotated[str, typer.Option(help="sandbox, smtp or engagelab")],
-    interval: Annotated[float, typer.Option(help="seconds between two sends; 0: no pace")],
-    daily_quota: Annotated[int | None, typer.Option(help="sends per UTC day")] = None,
-    option: Annotated[list[str] | None, typer.Option(help="KEY=VALUE for the provider")] = None,
+    provider: Annotated[str, typer.Option(help=f"one of: {', '.join(PROVIDER_NAMES)}")],
+    interval: Annotated[
+        float, typer.Option(help="seconds between two sends, 0 to 86400; 0: no pace")
+    ],
+    daily_quota: Annotated[
+        int | None, typer.Option(help="sends per UTC day, 0 to 2147483647; default: no limit")
+    ] = None,
+    option: Annotated[
+        list[str] | None, typer.Option(help="KEY=VALUE for the provider; may be repeated")
+    ] = None,
 ) -> None:
-    """Add a sending service; running workers pick it up within seconds."""
+    """Add a sending service; running workers pick it up within seconds.
+
+    NAME: at most 200 characters, no control characters.
+    """
     from edm import services as services_mod
 
     options = services_mod.parse_options(option or [])
     service_id = services_mod.add_service(engine(), name, provider, interval, daily_quota, options)
-    out.print(f"service {name} added (id {service_id})")
+    out.print(f"service {escape(name.strip())} added (id {service_id})")
 
 
 @app.command("update")
 @handles_errors
 def service_update(
     name: str,
-    interval: Annotated[float | None, typer.Option(help="seconds between two sends")] = None,
-    daily_quota: Annotated[int | None, typer.Option(help="sends per UTC day")] = None,
-    option: Annotated[list[str] | None, typer.Option(help="KEY=VALUE to set")] = None,
+    interval: Annotated[
+        float | None, typer.Option(help="seconds between two sends, 0 to 86400")
+    ] = None,
+    daily_quota: Annotated[
+        int | None, typer.Option(help="sends per UTC day, 0 to 2147483647")
+    ] = None,
+    option: Annotated[
+        list[str] | None, typer.Option(help="KEY=VALUE to set; may be repeated")
+    ] = None,
 ) -> None:
-    """Change a service's pace, quota or options; running workers follow without a restart."""
+    """Change service NAME's pace, quota or options; workers follow without a restart."""
     from edm import services as services_mod
 
     options = services_mod.parse_options(option or [])
     services_mod.update_service(
         engine(), name, interval=interval, daily_quota=daily_quota, options=options
     )
-    out.print(f"service {name} updated")
+    out.print(f"service {escape(name)} updated")
 
 
 @app.command("test")
@@ -52,7 +75,7 @@ def service_update(
 def service_test(
     name: str, to: Annotated[str, typer.Option(help="where to send the test message")]
 ) -> None:
-    """Send one real message through a service and show the provider's answer."""
+    """Send one real message through service NAME and show the provider's answer."""
     from edm import services as services_mod
     from edm.config import get_settings
     from edm.providers.base import ProviderError
@@ -61,15 +84,15 @@ def service_test(
         result = services_mod.send_test_message(engine(), name, to, get_settings())
     except ProviderError as exc:
         code = f" (code {exc.code})" if exc.code else ""
-        fail(f"{name} answered with a {exc.error_class} error{code}: {exc}")
+        fail(escape(f"{name} answered with a {exc.error_class} error{code}: {exc}"))
         return
     note = " (a repeat of an earlier message)" if result.duplicate else ""
-    out.print(f"{name} accepted the message{note}: {result.provider_message_id}")
+    out.print(escape(f"{name} accepted the message{note}: {result.provider_message_id}"))
 
 
 @app.command("list")
 @handles_errors
-def service_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def service_list(as_json: Json = False) -> None:
     """Services with their pace, quota, state and live workers."""
     from edm import services as services_mod
 
@@ -93,13 +116,13 @@ def service_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> No
         )
         table.add_row(
             str(v.id),
-            v.name,
+            escape(v.name),
             v.provider,
             f"{v.interval_seconds:g}s",
             quota,
-            state,
+            escape(state),
             str(v.workers_alive),
-            v.last_error or "",
+            escape(v.last_error or ""),
         )
     out.print(table)
 
@@ -107,40 +130,41 @@ def service_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> No
 @app.command("freeze")
 @handles_errors
 def service_freeze(
-    name: str, reason: Annotated[str | None, typer.Option(help="shown with the service")] = None
+    name: str,
+    reason: Annotated[str | None, typer.Option(help="why; shown with the service")] = None,
 ) -> None:
-    """Stop sending through a service; its work goes to the others."""
+    """Stop sending through service NAME; its work goes to the others."""
     from edm import services as services_mod
 
     services_mod.set_frozen(engine(), name, True, reason)
-    out.print(f"service {name} frozen")
+    out.print(f"service {escape(name)} frozen")
 
 
 @app.command("unfreeze")
 @handles_errors
 def service_unfreeze(name: str) -> None:
-    """Send through a frozen service again."""
+    """Send through frozen service NAME again."""
     from edm import services as services_mod
 
     services_mod.set_frozen(engine(), name, False)
-    out.print(f"service {name} unfrozen")
+    out.print(f"service {escape(name)} unfrozen")
 
 
 @app.command("enable")
 @handles_errors
 def service_enable(name: str) -> None:
-    """Use a disabled service again."""
+    """Use disabled service NAME again."""
     from edm import services as services_mod
 
     services_mod.set_enabled(engine(), name, True)
-    out.print(f"service {name} enabled")
+    out.print(f"service {escape(name)} enabled")
 
 
 @app.command("disable")
 @handles_errors
 def service_disable(name: str) -> None:
-    """Stop using a service, without the alarm of a freeze."""
+    """Stop using service NAME, without the alarm of a freeze."""
     from edm import services as services_mod
 
     services_mod.set_enabled(engine(), name, False)
-    out.print(f"service {name} disabled")
+    out.print(f"service {escape(name)} disabled")

@@ -127,8 +127,8 @@ class SandboxProvider(Provider):
             raise OptionError(
                 f"option latency must be seconds, not {options['latency']!r}"
             ) from None
-        if self.latency < 0:
-            raise OptionError("option latency must not be negative")
+        if not 0 <= self.latency <= 3600:  # also refuses nan and inf
+            raise OptionError(f"option latency must be from 0 to 3600 seconds, not {self.latency}")
         self.rates = {key: _rate(options, key) for key in RATE_OPTIONS}
         seed = options.get("seed")
         self.random = random.Random(seed)

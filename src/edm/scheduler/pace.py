@@ -48,7 +48,8 @@ def next_utc_midnight(epoch: float) -> float:
 
 def allowance(row: PaceRow | None, now: float, limit: int, lookahead: float) -> Allowance:
     today = utc_day(now)
-    if row is None or not row.enabled or row.frozen:
+    # A pace that is not a number (stored before inputs were checked) never sends.
+    if row is None or not row.enabled or row.frozen or not math.isfinite(row.interval_seconds):
         return Allowance(0, now, 0.0, today, 0, None)
     used = row.quota_used if row.quota_day == today else 0
     interval = max(row.interval_seconds, 0.0)

@@ -1,0 +1,111 @@
+"""What an operator sees of a task: reasons with counts, rate, schedule, a live view."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import Engine, text
+from typer.testing import CliRunner
+
+from edm import services as services_mod
+from edm import tasks as tasks_mod
+from edm.cli import app
+from edm.contacts import add_contacts
+from tests.helpers import Worker, make_contacts, status_counts
+
+runner = CliRunner()
+
+
+def edm(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args), terminal_width=200)
+    assert not isinstance(result.exception, Exception) or isinstance(
+        result.exception, SystemExit
+    ), result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_show_gives_reasons_with_counts_rate_and_skipped(
+    engine: Engine, env: dict[str, str], tmp_path: Path
+) -> None:
+    services_mod.add_service(
+        engine, "s", "sandbox", 0.0, options={"fail_recipient": "0.3", "seed": "7"}
+    )
+    make_contacts(engine, 40)
+    add_contacts(engine, [{"email": "gone@example.com", "status": "unsubscribed"}])
+    task_id = tasks_mod.create_task(engine, "t", "s", text_body="x", start=True)
+    assert Worker(env, tmp_path, "--exit-when-idle").wait(60) == 0
+    counts = status_counts(engine, task_id)
+    assert counts["failed"] > 0 and counts["skipped"] == 1
+
+    code, out, _ = edm("task", "show", str(task_id), "--json")
+    shown = json.loads(out)
+    reasons = {(r["status"], r["error_class"], r["message"]): r["count"] for r in shown["reasons"]}
+    assert reasons[("skipped", None, "contact is unsubscribed")] == 1
+    failed = sum(n for (status, klass, _), n in reasons.items() if status == "failed")
+    assert failed == counts["failed"]
+    assert all(
+        klass == "recipient" for (status, klass, _), _n in reasons.items() if status == "failed"
+    )
+    assert shown["sent_last_minute"] == counts["sent"]
+
+    code, out, _ = edm("task", "show", str(task_id))
+    assert code == 0
+    assert f"{counts['sent']} sent in the last minute" in out
+    assert "contact is unsubscribed" in out and "recipient" in out
+    assert f"skipped {counts['skipped']}" in out and f"failed {counts['failed']}" in out
+
+
+def test_list_and_show_give_the_scheduled_time_and_every_status(
+    engine: Engine, env: dict[str, str]
+) -> None:
+    make_contacts(engine, 3)
+    at = time.time() + 3600
+    task_id = tasks_mod.create_task(engine, "later", "s", text_body="x", start_at=at)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE sub_tasks SET status = 'unknown' WHERE id = 1"))
+        conn.execute(text("UPDATE sub_tasks SET status = 'cancelled' WHERE id = 2"))
+    stamp = datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M")
+    code, out, _ = edm("task", "list")
+    assert code == 0
+    assert "scheduled" in out and stamp in out
+    assert all(f"{status} 1" in out for status in ("pending", "unknown", "cancelled"))
+    code, out, _ = edm("task", "show", str(task_id))
+    assert stamp in out and "scheduled" in out
+
+
+def test_a_task_paused_by_the_engine_says_why(engine: Engine, env: dict[str, str]) -> None:
+    make_contacts(engine, 1)
+    task_id = tasks_mod.create_task(engine, "t", "s", text_body="x", start=True)
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE tasks SET status = 'paused', status_reason = 'paused after 10 failures'")
+        )
+    code, out, _ = edm("task", "show", str(task_id))
+    assert "paused (paused after 10 failures)" in out
+    assert edm("task", "resume", str(task_id))[0] == 0
+    assert json.loads(edm("task", "show", str(task_id), "--json")[1])["status_reason"] is None
+
+
+def test_watch_follows_a_task_to_its_end(
+    engine: Engine, env: dict[str, str], tmp_path: Path
+) -> None:
+    services_mod.add_service(engine, "s", "sandbox", 0.05)
+    make_contacts(engine, 20)
+    task_id = tasks_mod.create_task(engine, "t", "s", text_body="x", start=True)
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "edm", "task", "show", str(task_id), "--watch"],
+        env={**env, "COLUMNS": "120"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    worker = Worker(env, tmp_path, "--exit-when-idle")
+    assert worker.wait(60) == 0
+    out, err = watcher.communicate(timeout=30)
+    assert watcher.returncode == 0, err
+    assert "completed" in out and "sent 20" in out
