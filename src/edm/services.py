@@ -12,7 +12,6 @@ from sqlalchemy.orm import Session
 
 from edm import validation
 from edm.config import Settings
-from edm.contacts import EMAIL
 from edm.db.models import Service, WorkerHeartbeat
 from edm.db.notify import notify
 from edm.messages import tracking_headers
@@ -178,7 +177,9 @@ def send_test_message(engine: Engine, name: str, to: str, settings: Settings) ->
     Raises the provider's classified error, so an operator sees exactly what a campaign
     would meet (bad credentials, refused sender, ...) before starting one.
     """
-    if not EMAIL.match(to.strip().lower()):
+    from edm.contacts import valid_email  # email-validator: only this command needs it
+
+    if valid_email(to) is None:
         raise ServiceInputError(f"--to must be an email address, not {to!r}")
     with Session(engine) as session:
         service = get_service(session, name)

@@ -1,0 +1,100 @@
+"""Importing contacts from a CSV file: nothing lost, nothing half-done, nothing wiped.
+
+1. Open: the encoding, the delimiter (given or sniffed) and the header are checked.
+2. Check: a first pass reads every record without touching the database. A problem of
+   the file as a whole (bytes that do not decode, broken quoting, a NUL) stops the
+   import here, naming the line: nothing is written.
+3. Import: a second pass, in one transaction, checks each row (a bad row is rejected
+   alone, the rows after it go on) and merges the good ones into the contacts, a chunk
+   at a time (`edm.contacts.merge` holds the rules).
+4. Commit, once: a failure anywhere before leaves the database as it was.
+
+Both passes stream: memory stays flat however large the file. The price of step 4 on
+SQLite: the database's write lock is held through step 3 (about 5 s per 100,000 rows
+measured), and workers of other processes wait for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from edm.contacts.csvfile import open_csv
+from edm.contacts.merge import MergeRules
+from edm.contacts.rows import ContactRow, Layout, Rejection, parse_row
+from edm.contacts.writer import CHUNK, ContactWriter, Counts
+
+# Called with the phase ("checking" or "importing"), bytes read so far and the file's size.
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    encoding: str = "utf-8"
+    delimiter: str | None = None  # None: sniffed
+    overwrite_empty: bool = False
+    allow_reactivate: bool = False
+
+
+@dataclass
+class ImportSummary:
+    encoding: str
+    delimiter: str
+    rows: int = 0  # non-blank data rows read
+    rejected: int = 0
+    counts: Counts = field(default_factory=Counts)
+
+    @property
+    def imported(self) -> int:
+        """Contacts the file named in a good row: new, updated or already as it says."""
+        return self.counts.new + self.counts.updated + self.counts.unchanged
+
+
+def import_csv(
+    engine: Engine,
+    path: Path,
+    options: ImportOptions | None = None,
+    *,
+    on_reject: Callable[[Rejection], None] | None = None,
+    progress: Progress | None = None,
+) -> ImportSummary:
+    """Import `path`; raises FileProblem (a ValueError) when the file cannot be imported."""
+    options = options or ImportOptions()
+    # 1. open
+    source = open_csv(path, options.encoding, options.delimiter)
+    layout = Layout.of(source.columns)
+    summary = ImportSummary(source.encoding.removesuffix("-sig"), source.delimiter)
+
+    def report(phase: str) -> Callable[[int], None] | None:
+        return (lambda done: progress(phase, done, source.size)) if progress else None
+
+    # 2. check
+    for _record in source.records(report("checking")):
+        pass
+
+    # 3. import
+    rules = MergeRules(options.overwrite_empty, options.allow_reactivate)
+    with engine.begin() as conn:
+        writer = ContactWriter(conn, rules)
+        chunk: list[ContactRow] = []
+        for record in source.records(report("importing")):
+            summary.rows += 1
+            row = parse_row(record, layout)
+            if isinstance(row, Rejection):
+                summary.rejected += 1
+                if on_reject:
+                    on_reject(row)
+                continue
+            chunk.append(row)
+            if len(chunk) >= CHUNK:
+                writer.write(chunk)
+                chunk = []
+        if chunk:
+            writer.write(chunk)
+        writer.close()
+    # 4. committed on leaving the block
+    summary.counts = writer.counts
+    return summary
