@@ -23,12 +23,10 @@ import contextlib
 import json
 import logging
 import resource
-import shutil
 import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -39,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from databases import Target, fresh_database
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
 from edm.db.queries import NOW
 
@@ -56,15 +54,6 @@ TEXT = "Hi {{ name }}, number {{ n }}."
 HTML = "<p>Hi {{ name }}, number <b>{{ n }}</b>.</p>"
 # Sub-task states that mean "not finished": none may remain once a run is over.
 UNFINISHED = ("pending", "allocated", "sending", "unknown")
-
-
-@dataclass(frozen=True)
-class Target:
-    """A freshly created database: the SQLAlchemy URL and what the raw driver needs."""
-
-    kind: str  # sqlite | postgresql
-    url: str  # for edm (open_database / make_engine)
-    dsn: str  # for the raw driver: a file path (SQLite) or a libpq URL (PostgreSQL)
 
 
 @dataclass(frozen=True)
@@ -108,29 +97,6 @@ class Row:
     @property
     def peak_mib(self) -> float:
         return max(r.peak_mib for r in self.engine)
-
-
-# -- fresh databases ------------------------------------------------------------------------------
-@contextlib.contextmanager
-def fresh_database(kind: str, admin_url: str) -> Iterator[Target]:
-    """A new, empty database that is removed afterwards, whatever happens."""
-    if kind == "sqlite":
-        workdir = Path(tempfile.mkdtemp(prefix="edm-bench-"))
-        path = workdir / "bench.db"
-        try:
-            yield Target("sqlite", f"sqlite:///{path}", str(path))
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-        return
-    name = f"edm_bench_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    try:
-        yield Target("postgresql", url, url)
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def populate(

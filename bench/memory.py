@@ -1,7 +1,7 @@
 """Peak memory of a worker sending a campaign whose template is at the size limit.
 
-Usage: `./dev bench memory [--contacts N] [--html-bytes B] [--postgres URL]`. A task with
-a B-byte HTML body (default: EDM_MAX_TEMPLATE_BYTES, 1 MiB) goes to N contacts (default
+Usage: `./dev bench memory [--contacts N] [--html-bytes B] [--db sqlite|postgresql|both]`.
+A task with a B-byte HTML body (default: EDM_MAX_TEMPLATE_BYTES, 1 MiB) goes to N contacts (default
 400) through two interval-0 sandbox services; `edm worker --exit-when-idle` sends it in a
 child process whose peak resident memory is printed. The target is under 500 MiB.
 """
@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from databases import DEFAULT_ADMIN_URL, fresh_database
+
 TARGET_MIB = 500
 
 
@@ -25,7 +27,15 @@ def edm(args: list[str], env: dict[str, str]) -> None:
     subprocess.run([sys.executable, "-m", "edm", *args], env=env, check=True, capture_output=True)
 
 
-def measure(label: str, url: str, contacts: int, html_bytes: int, workdir: Path) -> None:
+def measure(label: str, url: str, contacts: int, html_bytes: int) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="edm-memory-"))
+    try:
+        _measure(label, url, contacts, html_bytes, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _measure(label: str, url: str, contacts: int, html_bytes: int, workdir: Path) -> None:
     env = {**os.environ, "EDM_DATABASE_URL": url}
     csv = workdir / "contacts.csv"
     csv.write_text(
@@ -58,15 +68,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contacts", type=int, default=400)
     parser.add_argument("--html-bytes", type=int, default=1024 * 1024 - 1024)
-    parser.add_argument("--postgres", help="an empty PostgreSQL database URL (SQLite otherwise)")
+    parser.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
+    parser.add_argument("--pg-url", default=DEFAULT_ADMIN_URL, help="server to create it on")
     options = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="edm-memory-"))
-    try:
-        url = options.postgres or f"sqlite:///{workdir / 'edm.db'}"
-        label = "PostgreSQL" if options.postgres else "SQLite"
-        measure(label, url, options.contacts, options.html_bytes, workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    kinds = ("sqlite", "postgresql") if options.db == "both" else (options.db,)
+    for kind in kinds:
+        with fresh_database(kind, options.pg_url) as target:
+            measure(kind, target.url, options.contacts, options.html_bytes)
 
 
 if __name__ == "__main__":

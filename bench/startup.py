@@ -1,7 +1,7 @@
 """How long `edm` commands take to start and answer: wall time, median of several runs.
 
-Usage: `./dev bench-startup [--runs N] [--postgres URL]`. It makes a throwaway SQLite
-database with one service, one contact and one task, then times `edm --help`,
+Usage: `./dev bench startup [--runs N] [--db sqlite|postgresql|both]`. It makes a
+throwaway database with one service, one contact and one task, then times `edm --help`,
 `edm --version`, `edm task show 1` and `edm task list` as a user runs them (a new process
 each time, through the installed `edm` script).
 """
@@ -17,6 +17,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from databases import DEFAULT_ADMIN_URL, fresh_database
 
 COMMANDS = (["--help"], ["--version"], ["task", "show", "1"], ["task", "list"])
 TARGET_SECONDS = 0.5
@@ -44,9 +46,13 @@ def prepare(env: dict[str, str], workdir: Path) -> None:
         subprocess.run([*edm_command(), *args], env=env, check=True, capture_output=True)
 
 
-def measure(label: str, url: str, runs: int, workdir: Path) -> None:
+def measure(label: str, url: str, runs: int) -> None:
     env = {**os.environ, "EDM_DATABASE_URL": url}
-    prepare(env, workdir)
+    workdir = Path(tempfile.mkdtemp(prefix="edm-startup-"))
+    try:
+        prepare(env, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     print(f"\n{label} ({runs} runs each, median and max wall seconds; target {TARGET_SECONDS})")
     for args in COMMANDS:
         times = [run(args, env) for _ in range(runs)]
@@ -58,15 +64,13 @@ def measure(label: str, url: str, runs: int, workdir: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--postgres", help="an empty PostgreSQL database URL to time too")
+    parser.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
+    parser.add_argument("--pg-url", default=DEFAULT_ADMIN_URL, help="server to create it on")
     options = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="edm-startup-"))
-    try:
-        measure("SQLite", f"sqlite:///{workdir / 'edm.db'}", options.runs, workdir)
-        if options.postgres:
-            measure("PostgreSQL", options.postgres, options.runs, workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    kinds = ("sqlite", "postgresql") if options.db == "both" else (options.db,)
+    for kind in kinds:
+        with fresh_database(kind, options.pg_url) as target:
+            measure(kind, target.url, options.runs)
 
 
 if __name__ == "__main__":

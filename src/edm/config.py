@@ -7,25 +7,11 @@ second without touching code.
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
-def default_database_path() -> Path:
-    """A file in the user's data directory: the same database from whatever folder edm runs in.
-
-    Only a path: the directory is made when the database is opened (see `db.engine`), so
-    reading the settings creates nothing.
-    """
-    from platformdirs import user_data_path
-
-    return user_data_path("edm", appauthor=False) / "edm.db"
-
-
-def default_database_url() -> str:
-    return f"sqlite:///{default_database_path()}"
+from edm.db.location import default_database_url
 
 
 class Settings(BaseSettings):
@@ -47,7 +33,7 @@ class Settings(BaseSettings):
     )
     max_in_flight: int = Field(200, ge=1, description="claimed but unfinished sub-tasks per worker")
     max_in_flight_bytes: int = Field(
-        64 * 1024 * 1024, ge=1, description="rendered messages a worker holds at once, in bytes"
+        32 * 1024 * 1024, ge=1, description="rendered messages a worker holds at once, in bytes"
     )
     # An instance whose heartbeat is older than this is dead: its claims are released
     # without waiting out their leases.
@@ -71,6 +57,12 @@ class Settings(BaseSettings):
     restart_backoff_seconds: float = Field(1.0, gt=0)
     restart_backoff_max_seconds: float = Field(60.0, gt=0)
     shutdown_grace_seconds: float = Field(8.0, gt=0, description="SIGTERM to exit, at most")
+
+    @field_validator("database_url")
+    @classmethod
+    def _default_when_empty(cls, value: str) -> str:
+        """An empty EDM_DATABASE_URL means the default, as in `db.location`."""
+        return value.strip() or default_database_url()
 
 
 @lru_cache

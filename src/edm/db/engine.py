@@ -15,7 +15,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
-from edm.config import default_database_path
+from edm.db.location import default_database_path
 
 # How long a SQLite writer waits for the write lock before failing.
 BUSY_TIMEOUT_SECONDS = 30.0
