@@ -25,14 +25,13 @@ def db_upgrade() -> None:
 @handles_errors
 def db_info(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Which database this environment uses (password hidden), its schema and its size."""
-    from alembic.runtime.migration import MigrationContext
     from sqlalchemy import text
 
     from edm.db.engine import display_url
+    from edm.db.migrate import current_revision
 
     database = engine()
     with database.connect() as conn:
-        revision = MigrationContext.configure(conn).get_current_revision()
         counts = {
             table: conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
             for table in COUNTED
@@ -40,7 +39,7 @@ def db_info(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     info = {
         "url": display_url(database.url),
         "backend": database.dialect.name,
-        "schema_revision": revision,
+        "schema_revision": current_revision(database),
         **counts,
     }
     if as_json:

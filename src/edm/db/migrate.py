@@ -19,11 +19,11 @@ HEAD_REVISION = "0003"
 
 def current_revision(engine: Engine) -> str | None:
     """The schema revision of the database, None when it has none yet."""
-    try:
-        with engine.connect() as conn:
+    with engine.connect() as conn:  # a database that cannot be reached fails here
+        try:
             return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    except DatabaseError:  # no alembic_version table: a new database
-        return None
+        except DatabaseError:  # no alembic_version table: a new database
+            return None
 
 
 def ensure_schema(engine: Engine) -> None:
