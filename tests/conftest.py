@@ -21,6 +21,8 @@ from tests.helpers import FAST_ENV
 
 PG_ADMIN_URL = os.environ.get("EDM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 TABLES = (
+    "events",
+    "webhook_requests",
     "send_attempts",
     "worker_heartbeats",
     "sub_tasks",

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
         10, ge=1, description="consecutive template failures in a task before it is paused"
     )
 
+    # Webhook events that match no sub-task yet are tried again for this long, then given up.
+    unmatched_retry_seconds: float = Field(3600.0, ge=0)
+
     # Retries.
     max_attempts: int = Field(5, ge=1)
     retry_base_seconds: float = Field(30.0, ge=0)

@@ -48,9 +48,16 @@ class TaskView:
     completed_at: float | None
     sent_last_minute: int = 0
     reasons: list[FailureReason] = field(default_factory=list)
+    # Unique sub-tasks with each tracking fact; rates are of the sub-tasks sent.
+    funnel: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rates(self) -> dict[str, float]:
+        sent = self.counts.get("sent", 0)
+        return {fact: (n / sent if sent else 0.0) for fact, n in self.funnel.items()}
 
     def as_json(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "rates": self.rates}
 
 
 def show_task(engine: Engine, task_id: int) -> TaskView:
@@ -81,7 +88,10 @@ def _view(conn: Connection, row, *, details: bool) -> TaskView:  # type: ignore[
     ]
     rate = 0
     reasons: list[FailureReason] = []
+    funnel: dict[str, int] = {}
     if details:
+        facts = conn.execute(q.query(q.TASK_FUNNEL, dialect), {"task_id": row.id}).one()
+        funnel = {name: int(value or 0) for name, value in facts._mapping.items()}
         rate = int(
             conn.execute(
                 q.query(q.TASK_SENT_SINCE, dialect),
@@ -111,6 +121,7 @@ def _view(conn: Connection, row, *, details: bool) -> TaskView:  # type: ignore[
         completed_at=row.completed_at,
         sent_last_minute=rate,
         reasons=reasons,
+        funnel=funnel,
     )
 
 

@@ -180,6 +180,16 @@ def _render_task(view) -> Table:  # type: ignore[no-untyped-def]
     grid.add_row("delivery", f"{view.delivery_policy}, priority {view.priority}")
     grid.add_row("sub-tasks", f"{view.total:,}: {_counts(view)}" if view.total else "none")
     grid.add_row("rate", f"{view.sent_last_minute:,} sent in the last minute")
+    if view.funnel:
+        rates = view.rates
+        grid.add_row(
+            "funnel",
+            ", ".join(
+                f"{fact.replace('_', ' ')} {n:,} ({rates[fact]:.1%})"
+                for fact, n in view.funnel.items()
+            )
+            + " of sent",
+        )
     if view.reasons:
         reasons = Table("count", "status", "class", "reason", box=None, pad_edge=False)
         for reason in view.reasons:

@@ -150,6 +150,8 @@ class SubTask(Base):
             postgresql_where=text("status IN ('allocated', 'sending')"),
         ),
         Index("ix_sub_tasks_task_status", "task_id", "status"),
+        # Webhooks name a message by the provider's id (EngageLab `email_id`).
+        Index("ix_sub_tasks_provider_message_id", "provider_message_id"),
         Index(
             "ix_sub_tasks_status_unknown",
             "id",
@@ -241,3 +243,60 @@ class AppSetting(Base):
 
     key: Mapped[str] = mapped_column(String(100), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+WEBHOOK_REQUEST_STATUSES = ("received", "processing", "processed", "invalid", "error")
+EVENT_STATUSES = ("received", "applied", "unmatched", "given_up", "error", "ignored")
+
+
+class WebhookRequest(Base):
+    """The event log: every authenticated webhook request as it arrived, committed before
+    anything is parsed, so no event is lost to a bug or a crash further on."""
+
+    __tablename__ = "webhook_requests"
+    __table_args__ = (Index("ix_webhook_requests_status_received", "status", "received_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(50))
+    received_at: Mapped[float] = mapped_column(Float)
+    headers: Mapped[dict] = mapped_column(JSON, default=dict)  # only those that matter
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(20), server_default="received")
+    error: Mapped[str | None] = mapped_column(Text)
+    processed_at: Mapped[float | None] = mapped_column(Float)
+
+
+class Event(Base):
+    """One tracking fact, once: the same fact sent again only counts in `duplicates`."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        UniqueConstraint("provider", "dedupe_key"),
+        Index("ix_events_status_created", "status", "created_at"),
+        Index("ix_events_sub_task_id", "sub_task_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    request_id: Mapped[int | None] = mapped_column(
+        ForeignKey("webhook_requests.id", ondelete="SET NULL")
+    )
+    provider: Mapped[str] = mapped_column(String(50))
+    dedupe_key: Mapped[str] = mapped_column(String(200))
+    event: Mapped[str] = mapped_column(String(20))
+    occurred_at: Mapped[float] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(20), server_default="received")
+    duplicates: Mapped[int] = mapped_column(Integer, server_default="0")
+    # What the provider told us, kept so an unmatched or failed event can be tried again.
+    ref_sub_task_id: Mapped[int | None] = mapped_column(BigInteger)
+    ref_task_id: Mapped[int | None] = mapped_column(BigInteger)
+    provider_message_id: Mapped[str | None] = mapped_column(Text)
+    message_id: Mapped[str | None] = mapped_column(Text)
+    recipient: Mapped[str | None] = mapped_column(String(320))
+    data: Mapped[dict] = mapped_column(JSON, default=dict)
+    # What it was matched to and when it was applied.
+    sub_task_id: Mapped[int | None] = mapped_column(ForeignKey("sub_tasks.id", ondelete="SET NULL"))
+    matched_by: Mapped[str | None] = mapped_column(String(30))
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
+    applied_at: Mapped[float | None] = mapped_column(Float)

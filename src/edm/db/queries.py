@@ -23,20 +23,20 @@ RANDOM_KEY = {
 }
 
 
-def _each(sql_by_dialect: dict[str, str]) -> dict[str, str]:
+def each(sql_by_dialect: dict[str, str]) -> dict[str, str]:
     """One text per dialect, with `{now}` replaced by that database's clock."""
     return {dialect: sql.replace("{now}", NOW[dialect]) for dialect, sql in sql_by_dialect.items()}
 
 
-def _both(sql: str) -> dict[str, str]:
+def both(sql: str) -> dict[str, str]:
     """The same text for both databases."""
-    return _each({"postgresql": sql, "sqlite": sql})
+    return each({"postgresql": sql, "sqlite": sql})
 
 
-SELECT_NOW = _both("SELECT {now}")
+SELECT_NOW = both("SELECT {now}")
 
 # -- the claim, step 1: lock the pace row -------------------------------------------------
-LOCK_SERVICE = _each(
+LOCK_SERVICE = each(
     {
         "postgresql": """
         SELECT id, enabled, frozen, interval_seconds, daily_quota, next_send_at,
@@ -51,7 +51,7 @@ LOCK_SERVICE = _each(
 )
 
 # -- step 2: the running tasks this service may send for, best priority first ----------------
-ELIGIBLE_TASKS = _both("""
+ELIGIBLE_TASKS = both("""
     SELECT t.id, t.priority FROM tasks t
     WHERE t.status = 'running'
       AND (NOT EXISTS (SELECT 1 FROM task_services ts WHERE ts.task_id = t.id)
@@ -90,7 +90,7 @@ CLAIM = {
 }
 
 # -- step 4: advance pace and quota by what was actually claimed ----------------------------
-ADVANCE_PACE = _both("""
+ADVANCE_PACE = both("""
     UPDATE services SET next_send_at = :next_send_at, quota_day = :quota_day,
                         quota_used = :quota_used
     WHERE id = :service_id""")
@@ -98,23 +98,23 @@ ADVANCE_PACE = _both("""
 # Slots a claim did not use (its rows settled before any call) go back to the pace row,
 # but only while no later claim has booked past them: the compare on `next_send_at` is
 # what keeps two sends from ever sharing a slot.
-REFUND_PACE = _both("""
+REFUND_PACE = both("""
     UPDATE services SET next_send_at = :pace_end - :seconds
     WHERE id = :service_id AND next_send_at = :pace_end""")
 
-REFUND_QUOTA = _both("""
+REFUND_QUOTA = both("""
     UPDATE services
     SET quota_used = CASE WHEN quota_used > :n THEN quota_used - :n ELSE 0 END
     WHERE id = :service_id AND quota_day = :quota_day""")
 
-CLAIMED_CONTACTS = _both("""
+CLAIMED_CONTACTS = both("""
     SELECT id, email, name, fields, status FROM contacts WHERE id IN :ids""")
 
-TASK_CONTENT = _both("""
+TASK_CONTENT = both("""
     SELECT id, subject, html, text_body, from_addr FROM tasks WHERE id = :task_id""")
 
 # -- allocated -> sending, committed before the provider is called ---------------------------
-MARK_SENDING = _both("""
+MARK_SENDING = both("""
     UPDATE sub_tasks
     SET status = 'sending', sending_at = {now}, attempts = attempts + 1,
         first_sending_at = coalesce(first_sending_at, {now}),
@@ -124,13 +124,13 @@ MARK_SENDING = _both("""
     RETURNING id, attempts""")
 
 # Claimed rows that will not be sent now (task paused, worker stopping) go back.
-RELEASE = _both("""
+RELEASE = both("""
     UPDATE sub_tasks
     SET status = 'pending', lease_token = NULL, lease_expires_at = NULL
     WHERE id IN :ids AND lease_token = :token AND status = 'allocated'""")
 
 # Settled before sending: suppressed contact (skipped) or a template that fails (failed).
-SETTLE_ALLOCATED = _both("""
+SETTLE_ALLOCATED = both("""
     UPDATE sub_tasks
     SET status = :status, last_error = :error, error_class = :error_class,
         finished_at = {now}, lease_expires_at = NULL
@@ -141,7 +141,7 @@ SETTLE_ALLOCATED = _both("""
 _SENT_SET = """
     SET status = 'sent', provider_message_id = v.message_id, sent_at = {now},
         finished_at = {now}, lease_expires_at = NULL, last_error = NULL, error_class = NULL"""
-MARK_SENT_MANY = _each(
+MARK_SENT_MANY = each(
     {
         "postgresql": f"""
         UPDATE sub_tasks AS s {_SENT_SET}
@@ -159,20 +159,20 @@ MARK_SENT_MANY = _each(
     }
 )
 
-MARK_RETRY = _both("""
+MARK_RETRY = both("""
     UPDATE sub_tasks
     SET status = 'pending', next_attempt_at = {now} + :delay, lease_token = NULL,
         lease_expires_at = NULL, pinned_service_id = NULL, attempts = attempts - :refund,
         last_error = :error, error_class = :error_class
     WHERE id = :id AND lease_token = :token AND status = 'sending'""")
 
-MARK_FINAL = _both("""
+MARK_FINAL = both("""
     UPDATE sub_tasks
     SET status = :status, last_error = :error, error_class = :error_class,
         finished_at = {now}, lease_expires_at = NULL
     WHERE id = :id AND lease_token = :token AND status = 'sending'""")
 
-MARK_UNKNOWN = _both("""
+MARK_UNKNOWN = both("""
     UPDATE sub_tasks
     SET status = 'unknown', last_error = :error, error_class = 'unknown',
         lease_expires_at = NULL
@@ -182,7 +182,7 @@ MARK_UNKNOWN = _both("""
 _ATTEMPT_COLUMNS = """
     INSERT INTO send_attempts (sub_task_id, service_id, lease_token, started_at, finished_at,
                                outcome, provider_message_id, error, fenced)"""
-LOG_ATTEMPTS_MANY = _each(
+LOG_ATTEMPTS_MANY = each(
     {
         "postgresql": f"""{_ATTEMPT_COLUMNS}
         SELECT v.sub_task_id, :service_id, :token, v.started_at, {{now}}, v.outcome,
@@ -199,29 +199,29 @@ LOG_ATTEMPTS_MANY = _each(
     }
 )
 
-MARK_CONTACT_INVALID = _both("""
+MARK_CONTACT_INVALID = both("""
     UPDATE contacts SET status = 'invalid', status_reason = :reason, updated_at = {now}
     WHERE id = (SELECT contact_id FROM sub_tasks WHERE id = :sub_task_id)
       AND status = 'active'""")
 
-FREEZE_SERVICE = _both("""
+FREEZE_SERVICE = both("""
     UPDATE services SET frozen = true, frozen_reason = :reason, frozen_at = {now},
                         last_error = :reason, last_error_at = {now}
     WHERE id = :service_id""")
 
-PAUSE_SERVICE = _both("""
+PAUSE_SERVICE = both("""
     UPDATE services SET paused_until = {now} + :seconds
     WHERE id = :service_id AND paused_until < {now} + :seconds""")
 
-RECORD_SERVICE_ERROR = _both("""
+RECORD_SERVICE_ERROR = both("""
     UPDATE services SET last_error = :error, last_error_at = {now} WHERE id = :service_id""")
 
 # -- the reaper: safe to run in every instance at once -----------------------------------------
-REAP_ALLOCATED = _both("""
+REAP_ALLOCATED = both("""
     UPDATE sub_tasks SET status = 'pending', lease_token = NULL, lease_expires_at = NULL
     WHERE status = 'allocated' AND lease_expires_at < {now}""")
 
-REAP_SENDING = _both("""
+REAP_SENDING = both("""
     UPDATE sub_tasks
     SET status = 'unknown', lease_expires_at = NULL, error_class = 'unknown',
         last_error = 'lease ran out while sending: outcome unknown'
@@ -238,59 +238,59 @@ _RELEASE_SET = """
                           ELSE :reason END,
         lease_token = CASE WHEN status = 'allocated' THEN NULL ELSE lease_token END,
         lease_expires_at = NULL, claimed_by = NULL"""
-RELEASE_DEAD_INSTANCES = _both(f"""
+RELEASE_DEAD_INSTANCES = both(f"""
     UPDATE sub_tasks {_RELEASE_SET}
     WHERE status IN ('allocated', 'sending')
       AND claimed_by IN (SELECT instance_id FROM worker_heartbeats GROUP BY instance_id
                          HAVING max(beat_at) < {{now}} - :dead_seconds)""")
-RELEASE_WORKER = _both(f"""
+RELEASE_WORKER = both(f"""
     UPDATE sub_tasks {_RELEASE_SET}
     WHERE status IN ('allocated', 'sending') AND claimed_by = :owner
       AND service_id = :service_id""")
 
 # Heartbeats of instances gone for a day: nothing is left to release for them.
-FORGET_OLD_HEARTBEATS = _both("""
+FORGET_OLD_HEARTBEATS = both("""
     DELETE FROM worker_heartbeats WHERE beat_at < {now} - 86400""")
 
 # -- the reconciler: unknown rows of tasks that are not paused ---------------------------------
-UNKNOWN_ROWS = _both("""
+UNKNOWN_ROWS = both("""
     SELECT s.id, s.service_id, s.first_sending_at, s.attempts, t.status AS task_status,
            t.delivery_policy
     FROM sub_tasks s JOIN tasks t ON t.id = s.task_id
     WHERE s.status = 'unknown' AND t.status <> 'paused'
     ORDER BY s.id LIMIT :limit""")
 
-RESEND_SAME_KEY = _both("""
+RESEND_SAME_KEY = both("""
     UPDATE sub_tasks
     SET status = 'pending', pinned_service_id = service_id, next_attempt_at = {now} + :delay,
         lease_token = NULL
     WHERE id = :id AND status = 'unknown'""")
 
-REQUEUE_UNKNOWN = _both("""
+REQUEUE_UNKNOWN = both("""
     UPDATE sub_tasks
     SET status = 'pending', pinned_service_id = NULL, next_attempt_at = {now} + :delay,
         lease_token = NULL
     WHERE id = :id AND status = 'unknown'""")
 
-FAIL_UNKNOWN = _both("""
+FAIL_UNKNOWN = both("""
     UPDATE sub_tasks
     SET status = 'failed', error_class = 'unknown', last_error = :reason, finished_at = {now}
     WHERE id = :id AND status = 'unknown'""")
 
 # A task whose templates keep failing at send time is paused before it burns through its
 # audience; `status_reason` tells the operator why.
-PAUSE_TASK_WITH_REASON = _both("""
+PAUSE_TASK_WITH_REASON = both("""
     UPDATE tasks SET status = 'paused', status_reason = :reason
     WHERE id = :task_id AND status = 'running'""")
 
 # What a worker should expect a message of a running task to weigh, in characters: the
 # HTML counts twice, as a text part is made from it when a task has none.
-RUNNING_TEMPLATE_CHARS = _both("""
+RUNNING_TEMPLATE_CHARS = both("""
     SELECT max(length(subject) + 2 * coalesce(length(html), 0) + coalesce(length(text_body), 0))
     FROM tasks WHERE status = 'running'""")
 
 # -- task upkeep ---------------------------------------------------------------------------------
-SKIP_SUPPRESSED = _both("""
+SKIP_SUPPRESSED = both("""
     UPDATE sub_tasks
     SET status = 'skipped', finished_at = {now},
         last_error = 'contact is ' || (SELECT c.status FROM contacts c
@@ -298,13 +298,13 @@ SKIP_SUPPRESSED = _both("""
     WHERE status = 'pending'
       AND contact_id IN (SELECT id FROM contacts WHERE status <> 'active')""")
 
-COMPLETE_TASKS = _both("""
+COMPLETE_TASKS = both("""
     UPDATE tasks SET status = 'completed', completed_at = {now}
     WHERE status = 'running'
       AND NOT EXISTS (SELECT 1 FROM sub_tasks s WHERE s.task_id = tasks.id
                       AND s.status IN ('pending', 'allocated', 'sending', 'unknown'))""")
 
-START_SCHEDULED = _both("""
+START_SCHEDULED = both("""
     UPDATE tasks SET status = 'running', started_at = {now}
     WHERE status = 'scheduled' AND scheduled_at <= {now}""")
 
@@ -344,39 +344,50 @@ AUDIENCE_FIELD_NAMES = {
         WHERE contacts.status = 'active' ORDER BY j.key LIMIT :limit""",
 }
 
-AUDIENCE_SAMPLE = _both("""
+AUDIENCE_SAMPLE = both("""
     SELECT id, email, name, fields, status FROM contacts
     WHERE status = 'active' ORDER BY id LIMIT :limit""")
 
-CANCEL_SUBTASKS = _both("""
+CANCEL_SUBTASKS = both("""
     UPDATE sub_tasks SET status = 'cancelled', finished_at = {now}, lease_expires_at = NULL
     WHERE task_id = :task_id AND status IN ('pending', 'allocated')""")
 
 # -- what `task show` and `task list` read ---------------------------------------------------------
 _TASK_COLUMNS = """id, name, status, status_reason, delivery_policy, priority, created_at,
     scheduled_at, started_at, completed_at"""
-TASK_ROW = _both(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = :task_id")
-TASK_ROWS = _both(f"SELECT {_TASK_COLUMNS} FROM tasks ORDER BY id")
+TASK_ROW = both(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = :task_id")
+TASK_ROWS = both(f"SELECT {_TASK_COLUMNS} FROM tasks ORDER BY id")
 
-TASK_SERVICE_NAMES = _both("""
+TASK_SERVICE_NAMES = both("""
     SELECT s.name FROM services s JOIN task_services ts ON ts.service_id = s.id
     WHERE ts.task_id = :task_id ORDER BY s.name""")
 
-TASK_SENT_SINCE = _both("""
+TASK_SENT_SINCE = both("""
     SELECT count(*) FROM sub_tasks
     WHERE task_id = :task_id AND status = 'sent' AND sent_at >= {now} - :seconds""")
 
-TASK_FAILURE_REASONS = _both("""
+# The funnel: unique sub-tasks with each delivery fact, derived like the counts.
+TASK_FUNNEL = both("""
+    SELECT sum(CASE WHEN delivered_at IS NOT NULL THEN 1 ELSE 0 END) AS delivered,
+           sum(CASE WHEN opened_at IS NOT NULL THEN 1 ELSE 0 END) AS opened,
+           sum(CASE WHEN clicked_at IS NOT NULL THEN 1 ELSE 0 END) AS clicked,
+           sum(CASE WHEN bounce_type = 'hard' THEN 1 ELSE 0 END) AS hard_bounced,
+           sum(CASE WHEN bounce_type = 'soft' THEN 1 ELSE 0 END) AS soft_bounced,
+           sum(CASE WHEN complained_at IS NOT NULL THEN 1 ELSE 0 END) AS complained,
+           sum(CASE WHEN unsubscribed_at IS NOT NULL THEN 1 ELSE 0 END) AS unsubscribed
+    FROM sub_tasks WHERE task_id = :task_id""")
+
+TASK_FAILURE_REASONS = both("""
     SELECT status, error_class, last_error, count(*) AS n FROM sub_tasks
     WHERE task_id = :task_id AND status IN ('failed', 'skipped', 'unknown')
     GROUP BY status, error_class, last_error
     ORDER BY count(*) DESC, status, last_error LIMIT :limit""")
 
-TASK_COUNTS = _both("""
+TASK_COUNTS = both("""
     SELECT status, count(*) AS n FROM sub_tasks WHERE task_id = :task_id GROUP BY status""")
 
 # A running task still has work while any of its sub-tasks can change by sending.
-RUNNING_WORK_LEFT = _both("""
+RUNNING_WORK_LEFT = both("""
     SELECT count(*) FROM tasks t
     WHERE t.status IN ('running', 'scheduled')
       AND EXISTS (SELECT 1 FROM sub_tasks s WHERE s.task_id = t.id
@@ -397,11 +408,11 @@ def _statement(sql: str, expanding: tuple[str, ...]) -> TextClause:
 
 
 # -- supervisor --------------------------------------------------------------------------------
-SERVICES = _both("""
+SERVICES = both("""
     SELECT id, name, provider, options, enabled, frozen, config_version FROM services
     ORDER BY id""")
 
-HEARTBEAT = _both("""
+HEARTBEAT = both("""
     INSERT INTO worker_heartbeats (instance_id, service_id, hostname, pid, state, started_at,
                                    beat_at, restarts, last_error)
     VALUES (:instance_id, :service_id, :hostname, :pid, :state, :started_at, {now}, :restarts,
@@ -410,5 +421,5 @@ HEARTBEAT = _both("""
     SET state = excluded.state, started_at = excluded.started_at, beat_at = excluded.beat_at,
         restarts = excluded.restarts, last_error = excluded.last_error, pid = excluded.pid""")
 
-FORGET_HEARTBEATS = _both("""
+FORGET_HEARTBEATS = both("""
     DELETE FROM worker_heartbeats WHERE instance_id = :instance_id""")

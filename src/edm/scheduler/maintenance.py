@@ -32,6 +32,9 @@ class UpkeepReport:
     skipped_suppressed: int = 0
     started: int = 0
     completed: int = 0
+    requests_processed: int = 0
+    events_applied: int = 0
+    events_given_up: int = 0
     notes: list[str] = field(default_factory=list)
 
     def changed(self) -> bool:
@@ -122,10 +125,22 @@ def upkeep_tasks(engine: Engine, report: UpkeepReport) -> None:
         report.completed += conn.execute(q.query(q.COMPLETE_TASKS, dialect)).rowcount
 
 
+def retry_events(engine: Engine, report: UpkeepReport, settings: Settings | None = None) -> None:
+    """Webhook requests never processed, events still unmatched or never applied."""
+    from edm.events.pipeline import retry_pending
+
+    settings = settings or get_settings()
+    retried = retry_pending(engine, unmatched_retry_seconds=settings.unmatched_retry_seconds)
+    report.events_applied += retried.applied
+    report.events_given_up += retried.given_up
+    report.requests_processed += retried.requests
+
+
 def run_upkeep(engine: Engine, settings: Settings | None = None) -> UpkeepReport:
     report = UpkeepReport()
     reap(engine, report, settings)
     reconcile(engine, report, settings)
+    retry_events(engine, report, settings)
     upkeep_tasks(engine, report)
     if report.changed():
         log.info("upkeep: %s", {k: v for k, v in vars(report).items() if v and k != "notes"})

@@ -1,0 +1,161 @@
+"""The SQL of the event log and of applying tracking facts, for both databases.
+
+Built like `queries.py`: one dict per statement, keyed by dialect, `{now}` the database's
+clock. Facts are applied so that any order and any repetition of the same events gives
+the same state: first-seen times take the minimum, counters grow once per unique event
+(`events` is unique by provider and key), and a contact's suppression only ever moves up
+a fixed order.
+"""
+
+from __future__ import annotations
+
+from edm.db.queries import both, each
+
+# -- the event log ---------------------------------------------------------------------------------
+LOG_REQUEST = both("""
+    INSERT INTO webhook_requests (provider, received_at, headers, body, status)
+    VALUES (:provider, {now}, :headers, :body, 'received')
+    RETURNING id""")
+
+# One process takes a request at a time; one left `processing` by a process that died is
+# taken again once it is `:stale` seconds old.
+CLAIM_REQUEST = both("""
+    UPDATE webhook_requests SET status = 'processing', processed_at = {now}
+    WHERE id = :id
+      AND (status = 'received' OR (status = 'processing' AND processed_at < {now} - :stale))
+    RETURNING provider, body""")
+
+FINISH_REQUEST = both("""
+    UPDATE webhook_requests SET status = :status, error = :error, processed_at = {now}
+    WHERE id = :id""")
+
+# Requests logged but never processed (the process stopped in between), oldest first.
+UNPROCESSED_REQUESTS = both("""
+    SELECT id FROM webhook_requests
+    WHERE status IN ('received', 'processing') AND received_at <= {now} - :min_age
+    ORDER BY id LIMIT :limit""")
+
+# -- one fact, once: a repeat only counts ----------------------------------------------------------
+INSERT_EVENT = both("""
+    INSERT INTO events (request_id, provider, dedupe_key, event, occurred_at, status,
+                        ref_sub_task_id, ref_task_id, provider_message_id, message_id,
+                        recipient, data, created_at)
+    VALUES (:request_id, :provider, :dedupe_key, :event, :occurred_at, :status,
+            :ref_sub_task_id, :ref_task_id, :provider_message_id, :message_id,
+            :recipient, :data, {now})
+    ON CONFLICT (provider, dedupe_key) DO NOTHING
+    RETURNING id""")
+
+COUNT_DUPLICATE = both("""
+    UPDATE events SET duplicates = duplicates + 1
+    WHERE provider = :provider AND dedupe_key = :dedupe_key""")
+
+# The event to apply, locked: a second applier waits, then finds it no longer waiting.
+# (Not SKIP LOCKED: a request counting a duplicate of it holds its row for a moment, and
+# skipping then would leave the event unapplied until upkeep came by.)
+EVENT_TO_APPLY = each(
+    {
+        "postgresql": """
+        SELECT * FROM events WHERE id = :id
+          AND status IN ('received', 'unmatched', 'error') FOR UPDATE""",
+        "sqlite": """
+        SELECT * FROM events WHERE id = :id AND status IN ('received', 'unmatched', 'error')""",
+    }
+)
+
+SETTLE_EVENT = both("""
+    UPDATE events
+    SET status = :status, sub_task_id = :sub_task_id, matched_by = :matched_by,
+        attempts = attempts + 1, error = :error,
+        applied_at = CASE WHEN :applied THEN {now} ELSE applied_at END
+    WHERE id = :id""")
+
+EVENTS_TO_RETRY = both("""
+    SELECT id FROM events
+    WHERE (status = 'unmatched' AND created_at >= {now} - :retry_seconds)
+       OR (status = 'received' AND created_at <= {now} - :min_age)
+    ORDER BY id LIMIT :limit""")
+
+GIVE_UP_UNMATCHED = both("""
+    UPDATE events SET status = 'given_up'
+    WHERE status = 'unmatched' AND created_at < {now} - :retry_seconds""")
+
+# -- matching, in the order of DESIGN.md's "Webhook resolution" ------------------------------------
+MATCH_BY_SUB_TASK = both("SELECT id FROM sub_tasks WHERE id = :value")
+MATCH_BY_PROVIDER_ID = both("""
+    SELECT id FROM sub_tasks WHERE provider_message_id = :value ORDER BY id LIMIT 1""")
+MATCH_BY_KEY = both("SELECT id FROM sub_tasks WHERE idempotency_key = :value")
+MATCH_BY_TASK_AND_RECIPIENT = both("""
+    SELECT s.id FROM sub_tasks s JOIN contacts c ON c.id = s.contact_id
+    WHERE s.task_id = :task_id AND c.email = :recipient""")
+MATCH_BY_RECENT_RECIPIENT = both("""
+    SELECT s.id FROM sub_tasks s JOIN contacts c ON c.id = s.contact_id
+    WHERE c.email = :recipient AND s.sent_at >= {now} - :window
+    ORDER BY s.sent_at DESC, s.id DESC LIMIT 1""")
+
+# -- applying facts --------------------------------------------------------------------------------
+# The provider has the message: a sub-task whose outcome we did not know, or that waits for
+# a resend of it, is sent. Rows under a lease are left to their worker (its fence).
+_PROMOTE = """
+    status = CASE WHEN status IN ('unknown', 'pending')
+                    OR (status = 'failed' AND error_class = 'unknown') THEN 'sent'
+                  ELSE status END,
+    sent_at = CASE WHEN status IN ('unknown', 'pending')
+                     OR (status = 'failed' AND error_class = 'unknown')
+                   THEN coalesce(sent_at, :at) ELSE sent_at END,
+    finished_at = CASE WHEN status IN ('unknown', 'pending')
+                         OR (status = 'failed' AND error_class = 'unknown')
+                       THEN coalesce(finished_at, {now}) ELSE finished_at END,
+    provider_message_id = coalesce(provider_message_id, :provider_message_id),
+    pinned_service_id = CASE WHEN status IN ('unknown', 'pending')
+                             THEN NULL ELSE pinned_service_id END"""
+
+
+def _first_seen(column: str) -> str:
+    return f"{column} = CASE WHEN {column} IS NULL OR {column} > :at THEN :at ELSE {column} END"
+
+
+_DELIVERED = _first_seen("delivered_at")
+APPLY_FACT = {
+    "accepted": both(f"UPDATE sub_tasks SET {_PROMOTE} WHERE id = :id"),
+    "delivered": both(f"UPDATE sub_tasks SET {_PROMOTE}, {_DELIVERED} WHERE id = :id"),
+    # An open implies delivery.
+    "opened": both(f"""
+        UPDATE sub_tasks SET {_PROMOTE}, {_DELIVERED}, {_first_seen("opened_at")},
+               open_count = open_count + 1
+        WHERE id = :id"""),
+    "clicked": both(f"""
+        UPDATE sub_tasks SET {_PROMOTE}, {_DELIVERED}, {_first_seen("clicked_at")},
+               click_count = click_count + 1
+        WHERE id = :id"""),
+    # A hard bounce outranks a soft one, whichever comes first.
+    "soft_bounce": both(f"""
+        UPDATE sub_tasks SET {_PROMOTE}, {_first_seen("bounced_at")},
+               bounce_type = CASE WHEN bounce_type = 'hard' THEN 'hard' ELSE 'soft' END
+        WHERE id = :id"""),
+    "hard_bounce": both(f"""
+        UPDATE sub_tasks SET {_PROMOTE}, {_first_seen("bounced_at")}, bounce_type = 'hard'
+        WHERE id = :id"""),
+    "complained": both(f"""
+        UPDATE sub_tasks SET {_PROMOTE}, {_DELIVERED}, {_first_seen("complained_at")}
+        WHERE id = :id"""),
+    "unsubscribed": both(f"""
+        UPDATE sub_tasks SET {_PROMOTE}, {_first_seen("unsubscribed_at")} WHERE id = :id"""),
+}
+
+# A contact's suppression moves only up this order, so the final status does not depend on
+# the order events arrive in.
+SUPPRESSION_RANK = {"active": 0, "invalid": 1, "unsubscribed": 2, "bounced": 3, "complained": 4}
+_RANK = (
+    "CASE status "
+    + " ".join(f"WHEN '{status}' THEN {rank}" for status, rank in SUPPRESSION_RANK.items())
+    + " ELSE 0 END"
+)
+SUPPRESS_CONTACT = both(f"""
+    UPDATE contacts SET status = :status, status_reason = :reason, updated_at = {{now}}
+    WHERE id = (SELECT contact_id FROM sub_tasks WHERE id = :sub_task_id)
+      AND {_RANK} < :rank""")
+
+# An operator's reprocess: a given-up event waits again like an unmatched one.
+REOPEN_EVENT = both("""
+    UPDATE events SET status = 'unmatched' WHERE id = :id AND status = 'given_up'""")

@@ -1,0 +1,42 @@
+"""Facts edm learns itself rather than from a provider: a recipient's click on our own
+unsubscribe link. They go through the same event table and applier as webhooks, so the
+sub-task, the contact and the task's statistics see them the same way."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from sqlalchemy import Engine
+
+from edm.db import event_queries as eq
+from edm.db.queries import query
+from edm.events.pipeline import apply_event
+
+PROVIDER = "edm"
+
+
+def record_unsubscribe(engine: Engine, sub_task_id: int) -> str:
+    """Unsubscribe the contact of `sub_task_id`; the event's status (`applied`, or
+    `duplicate` for a repeat, which changes nothing)."""
+    params = {
+        "request_id": None,
+        "provider": PROVIDER,
+        # One unsubscribe per message: clicking twice is the same fact.
+        "dedupe_key": f"unsubscribe:{sub_task_id}",
+        "event": "unsubscribed",
+        "occurred_at": time.time(),
+        "status": "received",
+        "ref_sub_task_id": sub_task_id,
+        "ref_task_id": None,
+        "provider_message_id": None,
+        "message_id": None,
+        "recipient": None,
+        "data": json.dumps({"source": "unsubscribe link"}),
+    }
+    with engine.begin() as conn:
+        event_id = conn.execute(query(eq.INSERT_EVENT, engine.dialect.name), params).scalar()
+        if event_id is None:
+            conn.execute(query(eq.COUNT_DUPLICATE, engine.dialect.name), params)
+            return "duplicate"
+    return apply_event(engine, int(event_id))

@@ -1,0 +1,1 @@
+"""One module per provider's webhook format, each behind `WebhookParser`."""

@@ -1,0 +1,326 @@
+"""The event pipeline: logged raw first, recorded once, matched in order, applied so that
+order and repetition do not matter; late and failed events are not lost."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Engine, text
+
+from edm import services as services_mod
+from edm import tasks as tasks_mod
+from edm.events import pipeline
+from edm.events.intake import log_request
+from tests.helpers import make_contacts, scalar
+
+FACTS = (
+    "status",
+    "sent_at",
+    "provider_message_id",
+    "delivered_at",
+    "opened_at",
+    "open_count",
+    "clicked_at",
+    "click_count",
+    "bounced_at",
+    "bounce_type",
+    "complained_at",
+    "unsubscribed_at",
+)
+
+
+def _sent_task(engine: Engine, contacts: int = 3) -> list[int]:
+    """A task whose sub-tasks were sent, each with a provider message id `pm-<id>`."""
+    services_mod.add_service(engine, "s", "sandbox", 0.0)
+    make_contacts(engine, contacts)
+    task_id = tasks_mod.create_task(engine, "t", "s", text_body="x", start=True)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE sub_tasks SET status = 'sent', service_id = 1, sent_at = 1000.0,"
+                " provider_message_id = 'pm-' || id WHERE task_id = :t"
+            ),
+            {"t": task_id},
+        )
+        return list(conn.execute(text("SELECT id FROM sub_tasks ORDER BY id")).scalars())
+
+
+def _post(engine: Engine, body: object, provider: str = "generic") -> pipeline.RequestOutcome:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request_id = log_request(engine, provider, {"Content-Type": "application/json"}, raw)
+    return pipeline.process_request(engine, request_id)
+
+
+def _state(engine: Engine) -> tuple:
+    with engine.connect() as conn:
+        subs = conn.execute(text(f"SELECT {', '.join(FACTS)} FROM sub_tasks ORDER BY id")).all()
+        contacts = conn.execute(text("SELECT status FROM contacts ORDER BY id")).all()
+    return [tuple(row) for row in subs], [row[0] for row in contacts]
+
+
+def _event(kind: str, sub_task_id: int, at: float, event_id: str) -> dict:
+    if kind in ("hard", "soft"):
+        return {
+            "event": "bounce",
+            "subtask_id": sub_task_id,
+            "timestamp": at,
+            "event_id": event_id,
+            "data": {"bounce_type": kind},
+        }
+    return {"event": kind, "subtask_id": sub_task_id, "timestamp": at, "event_id": event_id}
+
+
+KINDS = ("delivered", "opened", "clicked", "hard", "soft", "complained", "unsubscribed")
+events_strategy = st.lists(
+    st.tuples(st.sampled_from(KINDS), st.integers(0, 2), st.integers(1, 50)),
+    min_size=1,
+    max_size=14,
+    unique_by=lambda e: (e[0], e[1], e[2]),
+)
+
+
+def _reset(engine: Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM events"))
+        conn.execute(text("DELETE FROM webhook_requests"))
+        conn.execute(
+            text(
+                "UPDATE sub_tasks SET delivered_at = NULL, opened_at = NULL, open_count = 0,"
+                " clicked_at = NULL, click_count = 0, bounced_at = NULL, bounce_type = NULL,"
+                " complained_at = NULL, unsubscribed_at = NULL"
+            )
+        )
+        conn.execute(text("UPDATE contacts SET status = 'active', status_reason = NULL"))
+
+
+def test_any_order_and_repetition_gives_the_same_state(engine: Engine) -> None:
+    ids = _sent_task(engine)
+
+    @settings(
+        max_examples=25,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    @given(events=events_strategy, seed=st.integers(0, 2**32))
+    def check(events: list[tuple[str, int, int]], seed: int) -> None:
+        bodies = [
+            _event(kind, ids[which], 1000.0 + at, f"{kind}-{which}-{at}")
+            for kind, which, at in events
+        ]
+        _reset(engine)
+        for body in sorted(bodies, key=lambda b: (b["timestamp"], b["event_id"])):
+            _post(engine, body)
+        expected = _state(engine)
+
+        _reset(engine)
+        rng = random.Random(seed)
+        shuffled = bodies + rng.sample(bodies, k=rng.randint(0, len(bodies)))
+        rng.shuffle(shuffled)
+        batches: list[list[dict]] = []
+        while shuffled:
+            size = rng.randint(1, 4)
+            batches.append(shuffled[:size])
+            shuffled = shuffled[size:]
+        errors: list[BaseException] = []
+
+        def post_all(mine: list[list[dict]]) -> None:
+            try:
+                for batch in mine:
+                    _post(engine, batch)
+            except BaseException as exc:  # reported below, in the test's thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=post_all, args=(batches[i::3],)) for i in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors, errors
+        assert _state(engine) == expected
+        applied = scalar(engine, "SELECT count(*) FROM events WHERE status = 'applied'")
+        assert applied == len(bodies)
+
+    check()
+
+
+def test_facts_counts_and_suppression(engine: Engine) -> None:
+    first, second, _third = _sent_task(engine)
+    _post(
+        engine,
+        [
+            _event("opened", first, 1010, "o1"),
+            _event("opened", first, 1005, "o2"),
+            _event("delivered", first, 1003, "d1"),
+            _event("soft", second, 1002, "b1"),
+            _event("hard", second, 1004, "b2"),
+            _event("unsubscribed", second, 1006, "u1"),
+        ],
+    )
+    _post(engine, [_event("opened", first, 1010, "o1")])  # a repeat counts once
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT * FROM sub_tasks WHERE id = :i"), {"i": first}).one()
+        assert (row.opened_at, row.open_count, row.delivered_at) == (1005, 2, 1003)
+        bounced = conn.execute(text("SELECT * FROM sub_tasks WHERE id = :i"), {"i": second}).one()
+        assert (bounced.bounced_at, bounced.bounce_type) == (1002, "hard")
+    # bounced outranks unsubscribed, whichever came first
+    assert scalar(engine, "SELECT status FROM contacts WHERE id = 2") == "bounced"
+    assert scalar(engine, "SELECT duplicates FROM events WHERE dedupe_key = 'id:o1'") == 1
+    # The task's funnel is derived from the sub-tasks: unique counts, rates of sent.
+    view = tasks_mod.show_task(engine, 1)
+    assert view.funnel == {
+        "delivered": 1,
+        "opened": 1,
+        "clicked": 0,
+        "hard_bounced": 1,
+        "soft_bounced": 0,
+        "complained": 0,
+        "unsubscribed": 1,
+    }
+    assert view.rates["opened"] == pytest.approx(1 / 3)
+
+
+def test_a_delivery_settles_an_unknown_outcome_as_sent(engine: Engine) -> None:
+    first, *_ = _sent_task(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE sub_tasks SET status = 'unknown', sent_at = NULL WHERE id = :i"),
+            {"i": first},
+        )
+    _post(engine, _event("delivered", first, 1234, "d"))
+    assert scalar(engine, "SELECT status FROM sub_tasks WHERE id = :i", i=first) == "sent"
+    assert scalar(engine, "SELECT sent_at FROM sub_tasks WHERE id = :i", i=first) == 1234
+
+
+def _key(engine: Engine, sub_task_id: int) -> str:
+    return str(scalar(engine, "SELECT idempotency_key FROM sub_tasks WHERE id = :i", i=sub_task_id))
+
+
+@pytest.mark.parametrize(
+    "strategy", ["sub_task_id", "provider_message_id", "message_id", "task_recipient", "recipient"]
+)
+def test_each_matching_strategy_matches_on_its_own(engine: Engine, strategy: str) -> None:
+    ids = _sent_task(engine)
+    target = ids[1]
+    with engine.begin() as conn:  # the most recent send to user00001 is `target`
+        conn.execute(text("UPDATE sub_tasks SET sent_at = :now"), {"now": time.time() - 60})
+    identifiers = {
+        "sub_task_id": {"subtask_id": target},
+        "provider_message_id": {"provider_message_id": f"pm-{target}"},
+        "message_id": {"message_id": f"<{_key(engine, target)}@example.com>"},
+        "task_recipient": {"task_id": 1, "recipient": "USER00001@example.com"},
+        "recipient": {"recipient": "user00001@example.com"},
+    }[strategy]
+    _post(engine, {"event": "delivered", "timestamp": 5000, **identifiers})
+    with engine.connect() as conn:
+        event = conn.execute(text("SELECT status, sub_task_id, matched_by FROM events")).one()
+    assert tuple(event) == ("applied", target, strategy)
+
+
+def test_the_order_of_strategies_wins_when_they_disagree(engine: Engine) -> None:
+    first, second, third = _sent_task(engine)
+    _post(
+        engine,
+        {
+            "event": "opened",
+            "timestamp": 5000,
+            "subtask_id": first,
+            "provider_message_id": f"pm-{second}",
+            "message_id": f"<{_key(engine, third)}@example.com>",
+        },
+    )
+    _post(
+        engine,
+        {
+            "event": "clicked",
+            "timestamp": 5000,
+            "provider_message_id": f"pm-{second}",
+            "message_id": f"<{_key(engine, third)}@example.com>",
+        },
+    )
+    with engine.connect() as conn:
+        matched = conn.execute(text("SELECT event, sub_task_id FROM events ORDER BY id")).all()
+    assert [tuple(m) for m in matched] == [("opened", first), ("clicked", second)]
+
+
+def test_a_late_event_waits_unmatched_then_applies(engine: Engine) -> None:
+    first, *_ = _sent_task(engine)
+    outcome = _post(engine, {"event": "delivered", "timestamp": 5000, "provider_message_id": "x9"})
+    assert outcome.by_status == {"unmatched": 1}
+    # The send's own commit of the provider's id arrives after its webhook.
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE sub_tasks SET provider_message_id = 'x9' WHERE id = :i"), {"i": first}
+        )
+    report = pipeline.retry_pending(engine, unmatched_retry_seconds=3600)
+    assert report.applied == 1
+    assert scalar(engine, "SELECT delivered_at FROM sub_tasks WHERE id = :i", i=first) == 5000
+    # Past the retry window an unmatched event is given up, and kept.
+    _post(engine, {"event": "opened", "timestamp": 5000, "provider_message_id": "never"})
+    report = pipeline.retry_pending(engine, unmatched_retry_seconds=0)
+    assert report.given_up == 1
+    assert scalar(engine, "SELECT count(*) FROM events WHERE status = 'given_up'") == 1
+
+
+def test_a_failure_while_applying_keeps_the_event_to_reprocess(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, *_ = _sent_task(engine)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(pipeline, "apply_fact", broken)
+    outcome = _post(engine, _event("opened", first, 1500, "o"))
+    assert outcome.by_status == {"error": 1}
+    with engine.connect() as conn:
+        event = conn.execute(text("SELECT id, status, error FROM events")).one()
+    assert event.status == "error" and "disk on fire" in event.error
+    assert scalar(engine, "SELECT open_count FROM sub_tasks WHERE id = :i", i=first) == 0
+
+    monkeypatch.undo()
+    assert pipeline.reprocess(engine, [event.id]) == {"applied": 1}
+    assert scalar(engine, "SELECT open_count FROM sub_tasks WHERE id = :i", i=first) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{not json", "not JSON"),
+        (b'{"event": "opened"}', "timestamp"),
+        (b'[{"event": "teleported", "subtask_id": 1, "timestamp": 1}]', "teleported"),
+    ],
+)
+def test_a_body_that_cannot_be_parsed_is_kept_as_invalid(
+    engine: Engine, body: bytes, message: str
+) -> None:
+    _sent_task(engine)
+    outcome = _post(engine, body)
+    assert outcome.status == "invalid" and message in (outcome.error or "")
+    with engine.connect() as conn:
+        logged = conn.execute(text("SELECT status, body, error FROM webhook_requests")).one()
+    assert logged.status == "invalid" and logged.body == body.decode()
+    assert scalar(engine, "SELECT count(*) FROM events") == 0
+
+
+def test_a_request_left_unprocessed_is_picked_up(engine: Engine) -> None:
+    first, *_ = _sent_task(engine)
+    body = json.dumps(_event("delivered", first, 1500, "d")).encode()
+    log_request(engine, "generic", {}, body)  # logged, then the process stopped
+    report = pipeline.retry_pending(engine, unmatched_retry_seconds=3600, min_age=0)
+    assert report.requests == 1
+    assert scalar(engine, "SELECT delivered_at FROM sub_tasks WHERE id = :i", i=first) == 1500
+    assert scalar(engine, "SELECT status FROM webhook_requests") == "processed"
+
+
+def test_nan_in_a_body_is_refused_not_stored(engine: Engine) -> None:
+    first, *_ = _sent_task(engine)
+    body = b'{"event": "opened", "subtask_id": 1, "timestamp": 5, "data": {"x": NaN}}'
+    outcome = _post(engine, body)
+    assert outcome.status == "invalid" and "NaN" in (outcome.error or "")
+    assert scalar(engine, "SELECT count(*) FROM events") == 0
