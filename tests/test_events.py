@@ -324,3 +324,35 @@ def test_nan_in_a_body_is_refused_not_stored(engine: Engine) -> None:
     outcome = _post(engine, body)
     assert outcome.status == "invalid" and "NaN" in (outcome.error or "")
     assert scalar(engine, "SELECT count(*) FROM events") == 0
+
+
+def test_events_list_and_reprocess_from_the_cli(
+    engine: Engine, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from edm.cli import app
+
+    runner = CliRunner()
+    first, *_ = _sent_task(engine)
+    _post(engine, {"event": "delivered", "timestamp": 5000, "provider_message_id": "late"})
+    _post(engine, _event("opened", first, 1500, "o"))
+    listed = json.loads(
+        runner.invoke(app, ["events", "list", "--status", "unmatched", "--json"]).stdout
+    )
+    assert [(e["event"], e["status"]) for e in listed] == [("delivered", "unmatched")]
+    by_task = json.loads(runner.invoke(app, ["events", "list", "--task", "1", "--json"]).stdout)
+    assert [e["event"] for e in by_task] == ["opened"]
+
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE sub_tasks SET provider_message_id = 'late' WHERE id = :i"), {"i": first}
+        )
+    result = runner.invoke(app, ["events", "reprocess", "--status", "unmatched"])
+    assert result.exit_code == 0 and "1 applied" in result.stdout
+    assert scalar(engine, "SELECT count(*) FROM events WHERE status = 'applied'") == 2
+
+    result = runner.invoke(app, ["events", "list", "--status", "bogus"])
+    assert result.exit_code == 1 and "--status must be one of" in result.stderr
+    result = runner.invoke(app, ["events", "reprocess", "--status", "applied"])
+    assert result.exit_code == 1 and "can be reprocessed" in result.stderr

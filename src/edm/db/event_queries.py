@@ -159,3 +159,15 @@ SUPPRESS_CONTACT = both(f"""
 # An operator's reprocess: a given-up event waits again like an unmatched one.
 REOPEN_EVENT = both("""
     UPDATE events SET status = 'unmatched' WHERE id = :id AND status = 'given_up'""")
+
+# -- what `edm events list` shows, newest first --------------------------------------------------
+EVENT_LIST = both("""
+    SELECT e.id, e.provider, e.event, e.status, e.occurred_at, e.created_at, e.sub_task_id,
+           s.task_id, e.matched_by, e.duplicates, e.recipient, e.error
+    FROM events e LEFT JOIN sub_tasks s ON s.id = e.sub_task_id
+    WHERE (:status IS NULL OR e.status = :status OR (:status = 'duplicate' AND e.duplicates > 0))
+      AND (:task_id IS NULL OR s.task_id = :task_id OR e.ref_task_id = :task_id)
+    ORDER BY e.id DESC LIMIT :limit""")
+
+EVENT_IDS_BY_STATUS = both("""
+    SELECT id FROM events WHERE status = :status ORDER BY id LIMIT :limit""")
