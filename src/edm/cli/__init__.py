@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from edm.cli import contacts, db, run, services, tasks
+from edm.cli import contacts, db, events, run, services, tasks
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -22,6 +22,7 @@ app.add_typer(db.app, name="db")
 app.add_typer(services.app, name="service")
 app.add_typer(contacts.app, name="contacts")
 app.add_typer(tasks.app, name="task")
+app.add_typer(events.app, name="events")
 app.command("worker")(run.worker)
 app.command("demo")(run.demo)
 

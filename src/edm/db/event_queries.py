@@ -165,8 +165,9 @@ EVENT_LIST = both("""
     SELECT e.id, e.provider, e.event, e.status, e.occurred_at, e.created_at, e.sub_task_id,
            s.task_id, e.matched_by, e.duplicates, e.recipient, e.error
     FROM events e LEFT JOIN sub_tasks s ON s.id = e.sub_task_id
-    WHERE (:status IS NULL OR e.status = :status OR (:status = 'duplicate' AND e.duplicates > 0))
-      AND (:task_id IS NULL OR s.task_id = :task_id OR e.ref_task_id = :task_id)
+    WHERE (CAST(:status AS VARCHAR(20)) IS NULL OR e.status = :status
+           OR (:status = 'duplicate' AND e.duplicates > 0))
+      AND (CAST(:task_id AS BIGINT) IS NULL OR s.task_id = :task_id OR e.ref_task_id = :task_id)
     ORDER BY e.id DESC LIMIT :limit""")
 
 EVENT_IDS_BY_STATUS = both("""
