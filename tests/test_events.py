@@ -356,3 +356,10 @@ def test_events_list_and_reprocess_from_the_cli(
     assert result.exit_code == 1 and "--status must be one of" in result.stderr
     result = runner.invoke(app, ["events", "reprocess", "--status", "applied"])
     assert result.exit_code == 1 and "can be reprocessed" in result.stderr
+
+
+def test_a_body_nested_too_deeply_is_invalid_not_stuck(engine: Engine) -> None:
+    _sent_task(engine)
+    outcome = _post(engine, b"[" * 50_000 + b"]" * 50_000)
+    assert outcome.status == "invalid" and "nested too deeply" in (outcome.error or "")
+    assert scalar(engine, "SELECT status FROM webhook_requests") == "invalid"

@@ -45,6 +45,10 @@ class Settings(BaseSettings):
         10, ge=1, description="consecutive template failures in a task before it is paused"
     )
 
+    # Webhooks. The generic endpoint's token (Bearer, or Basic password); empty: only the
+    # installation's sandbox token, kept in the database, is accepted.
+    webhook_token: str = Field("", repr=False)
+    webhook_max_bytes: int = Field(1024 * 1024, ge=1, description="largest webhook body")
     # Webhook events that match no sub-task yet are tried again for this long, then given up.
     unmatched_retry_seconds: float = Field(3600.0, ge=0)
 

@@ -213,6 +213,8 @@ def unsubscribe_token(secret: str, sub_task_id: int, contact_id: int) -> str:
 
 def read_unsubscribe_token(secret: str, token: str) -> tuple[int, int] | None:
     """(sub_task_id, contact_id) of a genuine token, None for anything else."""
+    if len(token) > 100 or not token.isascii():  # ours are about 40 ASCII characters
+        return None
     parts = token.split(".")
     if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
         return None

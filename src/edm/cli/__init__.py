@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from edm.cli import contacts, db, events, run, services, tasks
+from edm.cli import contacts, db, events, run, serve, services, tasks
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -25,6 +25,7 @@ app.add_typer(tasks.app, name="task")
 app.add_typer(events.app, name="events")
 app.command("worker")(run.worker)
 app.command("demo")(run.demo)
+app.command("serve")(serve.serve)
 
 
 def _print_version(value: bool) -> None:

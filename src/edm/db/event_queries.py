@@ -74,6 +74,7 @@ EVENTS_TO_RETRY = both("""
     SELECT id FROM events
     WHERE (status = 'unmatched' AND created_at >= {now} - :retry_seconds)
        OR (status = 'received' AND created_at <= {now} - :min_age)
+       OR (status = 'error' AND attempts < :error_attempts)
     ORDER BY id LIMIT :limit""")
 
 GIVE_UP_UNMATCHED = both("""
@@ -172,3 +173,6 @@ EVENT_LIST = both("""
 
 EVENT_IDS_BY_STATUS = both("""
     SELECT id FROM events WHERE status = :status ORDER BY id LIMIT :limit""")
+
+EVENT_BY_KEY = both("""
+    SELECT id, status FROM events WHERE provider = :provider AND dedupe_key = :dedupe_key""")

@@ -38,5 +38,8 @@ def record_unsubscribe(engine: Engine, sub_task_id: int) -> str:
         event_id = conn.execute(query(eq.INSERT_EVENT, engine.dialect.name), params).scalar()
         if event_id is None:
             conn.execute(query(eq.COUNT_DUPLICATE, engine.dialect.name), params)
-            return "duplicate"
+            earlier = conn.execute(query(eq.EVENT_BY_KEY, engine.dialect.name), params).one()
+            if earlier.status not in ("received", "unmatched", "error"):
+                return "duplicate"
+            event_id = earlier.id  # the first click did not take: this one tries again
     return apply_event(engine, int(event_id))

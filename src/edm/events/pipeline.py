@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 STALE_PROCESSING_SECONDS = 60.0
 # Errors kept on an event are cut to this many characters.
 ERROR_CHARS = 500
+# An event whose apply failed is tried again by upkeep this many times in all, then waits
+# for an operator's `edm events reprocess`.
+ERROR_ATTEMPTS = 5
 
 
 @dataclass
@@ -78,7 +81,15 @@ def _parse(provider: str, body: str) -> list[ParsedEvent]:
     parser = parser_for(provider)
     if parser is None:
         raise WebhookParseError(f"no webhook parser for provider {provider!r}")
-    return parser.parse(decoded)
+    try:
+        events = parser.parse(decoded)
+        for event in events:  # stored as JSON: refuse here what could not be stored
+            json.dumps(event.data, allow_nan=False)
+    except (RecursionError, ValueError) as exc:
+        if isinstance(exc, WebhookParseError):
+            raise
+        raise WebhookParseError(f"an event's data cannot be stored: {exc}") from None
+    return events
 
 
 def _record(
@@ -218,7 +229,12 @@ def retry_pending(
         request_ids = list(requests)
         events = conn.execute(
             query(eq.EVENTS_TO_RETRY, dialect),
-            {"retry_seconds": unmatched_retry_seconds, "min_age": min_age, "limit": limit},
+            {
+                "retry_seconds": unmatched_retry_seconds,
+                "min_age": min_age,
+                "limit": limit,
+                "error_attempts": ERROR_ATTEMPTS,
+            },
         ).scalars()
         event_ids = list(events)
     for request_id in request_ids:

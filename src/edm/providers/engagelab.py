@@ -121,6 +121,10 @@ class EngageLabProvider(Provider):
                 f"option webhook_verify must be true or false, not {options['webhook_verify']!r}"
             )
         self.webhook_verify = verify == "true"
+        if "webhook_verify" in options and self.webhook_verify and not self.webhook_key:
+            raise OptionError(
+                "option webhook_verify needs webhook_key: the key that signs EngageLab's webhooks"
+            )
         self._client: httpx.AsyncClient | None = None
 
     @staticmethod

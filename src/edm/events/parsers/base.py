@@ -74,6 +74,8 @@ def decode_json(body: str | bytes) -> Any:
     which no database's JSON column takes."""
     try:
         return json.loads(body, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise WebhookParseError("the body is nested too deeply") from None
     except ValueError as exc:
         if isinstance(exc, WebhookParseError):
             raise

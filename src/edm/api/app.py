@@ -1,0 +1,30 @@
+"""The ASGI app: `create_app()`, runnable by `edm serve` or any ASGI server
+(`uvicorn --factory edm.api.app:create_app`)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from sqlalchemy import Engine
+
+from edm.api import errors, health, unsubscribe, webhooks
+from edm.api.dependencies import InstallationSecrets
+from edm.config import Settings, get_settings
+
+
+def create_app(engine: Engine | None = None, settings: Settings | None = None) -> FastAPI:
+    """The app on `engine` (default: EDM_DATABASE_URL, schema brought up to date) with
+    `settings` (default: EDM_* variables)."""
+    settings = settings or get_settings()
+    if engine is None:
+        from edm.db import open_database
+
+        engine = open_database(settings.database_url)
+    app = FastAPI(title="edm", docs_url=None, redoc_url=None)
+    app.state.engine = engine
+    app.state.settings = settings
+    app.state.secrets = InstallationSecrets(engine, settings)
+    errors.install(app)
+    app.include_router(webhooks.router)
+    app.include_router(unsubscribe.router)
+    app.include_router(health.router)
+    return app
