@@ -91,3 +91,5 @@ def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # httpx logs every request at INFO: one line per provider call or posted event.
+    logging.getLogger("httpx").setLevel(max(level, logging.WARNING))

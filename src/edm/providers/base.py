@@ -90,9 +90,17 @@ class Provider(abc.ABC):
     # is never mistaken for a provider that hangs.
     max_concurrent_sends: ClassVar[int | None] = None
 
+    # Whether the worker should tell this provider where the installation receives
+    # webhooks (the sandbox posts its simulated events there); may be set per object.
+    wants_webhook: bool = False
+
     def __init__(self, service_name: str, options: dict[str, str]) -> None:
         self.service_name = service_name
         self.options = dict(options)
+
+    def set_webhook(self, url: str, token: str) -> None:  # noqa: B027 - optional hook
+        """The generic webhook endpoint and its token; called once, before any send, when
+        `wants_webhook` is true, since providers cannot read them from the database."""
 
     @abc.abstractmethod
     async def send(self, message: OutgoingMessage) -> SendResult:

@@ -4,6 +4,9 @@ With `outbox=PATH` every call is appended to a JSON-lines file, and the file is 
 provider's memory of accepted idempotency keys: a key accepted by any earlier process
 that wrote to the same outbox is answered with the earlier result and marked
 `"duplicate": true`, which is how a real provider treats a repeated `request_id`.
+
+With `events=RATES` each accepted message's tracking events are drawn and posted to the
+generic webhook (`webhook_url`, or the installation's own): see sandbox_events.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from edm.providers.base import (
     TransientError,
     UnknownOutcomeError,
 )
+from edm.providers.sandbox_events import EventPoster, parse_rates, parse_url
 
 MEMORY_KEYS = 10_000
 RATE_OPTIONS = ("fail_transient", "fail_recipient", "fail_service", "fail_unknown")
@@ -118,7 +122,14 @@ class SandboxProvider(Provider):
 
     def __init__(self, service_name: str, options: dict[str, str]) -> None:
         super().__init__(service_name, options)
-        unknown = set(options) - {"outbox", "latency", "seed", *RATE_OPTIONS}
+        unknown = set(options) - {
+            "outbox",
+            "latency",
+            "seed",
+            "events",
+            "webhook_url",
+            *RATE_OPTIONS,
+        }
         if unknown:
             raise OptionError(f"unknown sandbox option(s): {', '.join(sorted(unknown))}")
         try:
@@ -136,6 +147,26 @@ class SandboxProvider(Provider):
         # Without an outbox: the most recent keys only, so a long run stays flat in memory
         # (a real provider's de-duplication window is bounded too).
         self.accepted: OrderedDict[str, str] = OrderedDict()
+        self.events = self._event_poster(options, seed)
+        self.wants_webhook = self.events is not None
+
+    def _event_poster(self, options: dict[str, str], seed: str | None) -> EventPoster | None:
+        url = parse_url(options["webhook_url"]) if options.get("webhook_url") else None
+        if "events" not in options:
+            if url:
+                raise OptionError("option webhook_url needs option events")
+            return None
+        # Its own generator, so turning events on does not change the simulated failures.
+        rng = random.Random(f"{seed}:events") if seed is not None else random.Random()
+        return EventPoster(self.service_name, parse_rates(options["events"]), rng, url)
+
+    def set_webhook(self, url: str, token: str) -> None:
+        if self.events:
+            self.events.set_target(url, token)
+
+    async def close(self) -> None:
+        if self.events:
+            await self.events.close()
 
     async def send(self, message: OutgoingMessage) -> SendResult:
         if self.latency:
@@ -159,6 +190,9 @@ class SandboxProvider(Provider):
                     )
                 raise error
         message_id, duplicate = await self._accept(line, message.idempotency_key)
+        if self.events and not duplicate:
+            # Before a simulated lost answer too: its events are how it gets settled.
+            self.events.accepted(message, message_id)
         if self.rates["fail_unknown"] and not duplicate and roll() < self.rates["fail_unknown"]:
             raise UnknownOutcomeError("sandbox: accepted, but the answer was lost (simulated)")
         return SendResult(provider_message_id=message_id, duplicate=duplicate)

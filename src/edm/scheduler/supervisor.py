@@ -26,12 +26,16 @@ from sqlalchemy import Engine
 
 from edm.config import Settings
 from edm.db import queries as q
+from edm.db import secrets as db_secrets
 from edm.db.notify import Listener
 from edm.providers.registry import make_provider
 from edm.scheduler.maintenance import run_upkeep, work_left
 from edm.scheduler.worker import ServiceInfo, ServiceWorker
 
 log = logging.getLogger(__name__)
+
+# Where the API receives events in our generic format (docs/webhooks.md).
+GENERIC_WEBHOOK_PATH = "/api/webhooks/generic"
 
 
 @dataclass
@@ -188,7 +192,7 @@ class Supervisor:
                 if handle.worker is not None:
                     # A worker of this instance died: what it held comes back at once.
                     await asyncio.to_thread(self._release_claims, handle)
-                self._start(handle, now)
+                await self._start(handle, now)
         self.snapshot = Snapshot(
             running=sum(1 for sid in wanted if self.handles.get(sid) and self.handles[sid].alive),
             wanted=len(wanted),
@@ -198,10 +202,17 @@ class Supervisor:
         except Exception as exc:
             log.error("cannot write heartbeats: %s", exc)
 
-    def _start(self, handle: Handle, now: float) -> None:
+    async def _start(self, handle: Handle, now: float) -> None:
         service = handle.service
         try:
             provider = make_provider(service.provider, service.name, service.options)
+            if provider.wants_webhook:
+                # Once per worker start: a token rotated in the database reaches the
+                # next start, and no send waits for it.
+                token = await asyncio.to_thread(db_secrets.webhook_token, self.engine)
+                provider.set_webhook(
+                    self.settings.public_url.rstrip("/") + GENERIC_WEBHOOK_PATH, token
+                )
         except Exception as exc:
             self._failed(handle, now, f"cannot start provider {service.provider}: {exc}")
             return
