@@ -363,3 +363,31 @@ def test_a_body_nested_too_deeply_is_invalid_not_stuck(engine: Engine) -> None:
     outcome = _post(engine, b"[" * 50_000 + b"]" * 50_000)
     assert outcome.status == "invalid" and "nested too deeply" in (outcome.error or "")
     assert scalar(engine, "SELECT status FROM webhook_requests") == "invalid"
+
+
+def test_a_batch_of_requests_is_processed_together(engine: Engine) -> None:
+    first, second, third = _sent_task(engine)
+    bodies = [
+        [_event("opened", first, 1500, "o1"), _event("delivered", second, 1400, "d2")],
+        _event("opened", first, 1500, "o1"),  # a repeat, in another request
+        b"{broken",
+        {"event": "delivered", "timestamp": 9, "provider_message_id": "nobody"},
+        _event("hard", third, 1600, "b3"),
+    ]
+    for body in bodies:
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        log_request(engine, "generic", {}, raw)
+    assert pipeline.process_batch(engine) == 5
+    assert pipeline.process_batch(engine) == 0
+    with engine.connect() as conn:
+        requests = conn.execute(text("SELECT status FROM webhook_requests ORDER BY id")).scalars()
+        assert list(requests) == ["processed", "processed", "invalid", "processed", "processed"]
+        events = dict(conn.execute(text("SELECT dedupe_key, status FROM events")).all())
+    assert events == {
+        "id:o1": "applied",
+        "id:d2": "applied",
+        "id:b3": "applied",
+        next(k for k in events if not k.startswith("id:")): "unmatched",
+    }
+    assert scalar(engine, "SELECT open_count FROM sub_tasks WHERE id = :i", i=first) == 1
+    assert scalar(engine, "SELECT status FROM contacts WHERE id = 3") == "bounced"

@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
 from edm.api import errors, health, unsubscribe, webhooks
 from edm.api.dependencies import InstallationSecrets
 from edm.config import Settings, get_settings
+from edm.events.processor import BatchProcessor
 
 
 def create_app(engine: Engine | None = None, settings: Settings | None = None) -> FastAPI:
@@ -19,8 +23,19 @@ def create_app(engine: Engine | None = None, settings: Settings | None = None) -
         from edm.db import open_database
 
         engine = open_database(settings.database_url)
-    app = FastAPI(title="edm", docs_url=None, redoc_url=None)
+    processor = BatchProcessor(engine)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        processor.start()
+        try:
+            yield
+        finally:
+            processor.stop()
+
+    app = FastAPI(title="edm", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.engine = engine
+    app.state.processor = processor
     app.state.settings = settings
     app.state.secrets = InstallationSecrets(engine, settings)
     errors.install(app)

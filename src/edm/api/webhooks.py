@@ -9,14 +9,12 @@ authentication) and answered 400, naming the problem.
 
 from __future__ import annotations
 
-import logging
 from typing import Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import Engine
-from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
@@ -26,9 +24,6 @@ from edm.api.errors import ApiError, ErrorBody, error_response
 from edm.events.intake import log_request
 from edm.events.parsers.base import WebhookParseError, decode_json
 from edm.events.parsers.registry import parser_for
-from edm.events.pipeline import process_request
-
-log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/webhooks", tags=["webhooks"])
 
@@ -87,13 +82,14 @@ async def generic_webhook(
 async def _receive(request: Request, engine: Engine, max_bytes: int, provider: str) -> Response:
     body = await read_capped(request, max_bytes)
     request_id = await run_in_threadpool(log_request, engine, provider, request.headers, body)
-    # Processed after the answer, whatever it is: process_request marks a bad body invalid.
-    background = BackgroundTask(process_logged, engine, request_id)
+    # Processed by the app's batch processor, whatever the answer: it marks a bad body
+    # invalid. Woken now; the request is already safe in the log.
+    request.app.state.processor.notify()
     problem = await run_in_threadpool(body_problem, provider, body)
     if problem is not None:
         code, message = problem
-        return error_response(400, code, message, background=background)
-    return JSONResponse(Accepted(request_id=request_id).model_dump(), background=background)
+        return error_response(400, code, message)
+    return JSONResponse(Accepted(request_id=request_id).model_dump())
 
 
 async def read_capped(request: Request, max_bytes: int) -> bytes:
@@ -138,16 +134,3 @@ def body_problem(provider: str, body: bytes) -> tuple[str, str] | None:
     except WebhookParseError as exc:
         return "invalid_body", str(exc)
     return None
-
-
-def process_logged(engine: Engine, request_id: int) -> None:
-    """Runs in a worker thread after the answer. A failure here loses nothing: the request
-    stays in the log and upkeep processes it again."""
-    try:
-        process_request(engine, request_id)
-    except Exception:
-        log.exception(
-            "webhook request %s could not be processed; upkeep will retry it",
-            request_id,
-            extra={"action": "webhook_process_failed", "request_id": request_id},
-        )

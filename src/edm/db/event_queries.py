@@ -176,3 +176,19 @@ EVENT_IDS_BY_STATUS = both("""
 
 EVENT_BY_KEY = both("""
     SELECT id, status FROM events WHERE provider = :provider AND dedupe_key = :dedupe_key""")
+
+# Many logged requests taken at once by one processor; another processor skips them.
+CLAIM_REQUESTS = each(
+    {
+        "postgresql": """
+        UPDATE webhook_requests SET status = 'processing', processed_at = {now}
+        WHERE id = ANY(ARRAY(SELECT id FROM webhook_requests WHERE status = 'received'
+                             ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED))
+        RETURNING id, provider, body""",
+        "sqlite": """
+        UPDATE webhook_requests SET status = 'processing', processed_at = {now}
+        WHERE id IN (SELECT id FROM webhook_requests WHERE status = 'received'
+                     ORDER BY id LIMIT :limit)
+        RETURNING id, provider, body""",
+    }
+)

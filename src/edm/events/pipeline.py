@@ -14,7 +14,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from edm.db import event_queries as eq
 from edm.db.queries import query
@@ -100,31 +100,37 @@ def _record(
     outcome: RequestOutcome,
 ) -> list[int]:
     """Insert each fact once; the ids of the new ones that are to be applied."""
-    dialect = engine.dialect.name
-    new_ids: list[int] = []
     with engine.begin() as conn:
-        # In key order, so two requests holding the same facts lock them in the same order.
-        for event in sorted(parsed, key=lambda e: e.dedupe_key):
-            params = {
-                "request_id": request_id,
-                "provider": provider,
-                "dedupe_key": event.dedupe_key,
-                "event": event.event,
-                "occurred_at": event.occurred_at,
-                "status": IGNORED if event.event == IGNORED else "received",
-                "ref_sub_task_id": event.sub_task_id,
-                "ref_task_id": event.task_id,
-                "provider_message_id": event.provider_message_id,
-                "message_id": event.message_id,
-                "recipient": event.recipient,
-                "data": json.dumps(event.data),
-            }
-            inserted = conn.execute(query(eq.INSERT_EVENT, dialect), params).scalar()
-            if inserted is None:
-                conn.execute(query(eq.COUNT_DUPLICATE, dialect), params)
-                outcome.duplicates += 1
-            elif event.event != IGNORED:
-                new_ids.append(int(inserted))
+        return _record_in(conn, [(request_id, provider, event) for event in parsed], outcome)
+
+
+def _record_in(
+    conn: Connection, items: list[tuple[int, str, ParsedEvent]], outcome: RequestOutcome
+) -> list[int]:
+    dialect = conn.dialect.name
+    new_ids: list[int] = []
+    # In key order, so two requests holding the same facts lock them in the same order.
+    for request_id, provider, event in sorted(items, key=lambda i: (i[1], i[2].dedupe_key)):
+        params = {
+            "request_id": request_id,
+            "provider": provider,
+            "dedupe_key": event.dedupe_key,
+            "event": event.event,
+            "occurred_at": event.occurred_at,
+            "status": IGNORED if event.event == IGNORED else "received",
+            "ref_sub_task_id": event.sub_task_id,
+            "ref_task_id": event.task_id,
+            "provider_message_id": event.provider_message_id,
+            "message_id": event.message_id,
+            "recipient": event.recipient,
+            "data": json.dumps(event.data),
+        }
+        inserted = conn.execute(query(eq.INSERT_EVENT, dialect), params).scalar()
+        if inserted is None:
+            conn.execute(query(eq.COUNT_DUPLICATE, dialect), params)
+            outcome.duplicates += 1
+        elif event.event != IGNORED:
+            new_ids.append(int(inserted))
     return new_ids
 
 
@@ -256,3 +262,87 @@ def reprocess(engine: Engine, event_ids: list[int]) -> dict[str, int]:
         status = apply_event(engine, event_id)
         counts[status] = counts.get(status, 0) + 1
     return counts
+
+
+# -- many requests at once -------------------------------------------------------------------
+# How many logged requests one batch takes. Each step of a batch is one transaction for all
+# its requests, which is what lets intake keep up on SQLite's single writer.
+BATCH_REQUESTS = 100
+
+
+def process_batch(engine: Engine, limit: int = BATCH_REQUESTS) -> int:
+    """Process up to `limit` logged requests in four transactions: claim them, record
+    their facts, apply those (each under a savepoint), mark the requests. Returns how
+    many requests it took; 0 when none was waiting."""
+    dialect = engine.dialect.name
+    with engine.begin() as conn:
+        claimed = conn.execute(query(eq.CLAIM_REQUESTS, dialect), {"limit": limit}).all()
+    if not claimed:
+        return 0
+    items: list[tuple[int, str, ParsedEvent]] = []
+    invalid: dict[int, str] = {}
+    for request in claimed:
+        try:
+            items += [
+                (request.id, request.provider, e) for e in _parse(request.provider, request.body)
+            ]
+        except WebhookParseError as exc:
+            invalid[request.id] = str(exc)
+    with engine.begin() as conn:
+        new_ids = _record_in(conn, items, RequestOutcome("processed"))
+    try:
+        with engine.begin() as conn:
+            _apply_all(conn, new_ids)
+    except Exception as exc:  # a deadlock or a lost connection: one at a time instead
+        log.warning(
+            "a batch of %d events failed together (%s); applying them one by one",
+            len(new_ids),
+            exc,
+            extra={"action": "event_batch_failed"},
+        )
+        for event_id in new_ids:
+            apply_event(engine, event_id)
+    with engine.begin() as conn:
+        for request in claimed:
+            error = invalid.get(request.id)
+            conn.execute(
+                query(eq.FINISH_REQUEST, dialect),
+                {
+                    "id": request.id,
+                    "status": "invalid" if error else "processed",
+                    "error": error and error[:ERROR_CHARS],
+                },
+            )
+    return len(claimed)
+
+
+def _apply_all(conn: Connection, event_ids: list[int]) -> None:
+    """Match every event, then apply them in sub-task order (so two processors lock rows
+    in the same order), each under a savepoint: one that fails is marked `error` alone."""
+    dialect = conn.dialect.name
+    matched = []
+    for event_id in sorted(event_ids):
+        event = conn.execute(query(eq.EVENT_TO_APPLY, dialect), {"id": event_id}).first()
+        if event is None:
+            continue
+        found = match(conn, event)
+        if found is None:
+            _settle(conn, event_id, "unmatched")
+        else:
+            matched.append((found.sub_task_id, event_id, found.strategy, event))
+    for sub_task_id, event_id, strategy, event in sorted(matched, key=lambda m: (m[0], m[1])):
+        try:
+            with conn.begin_nested():
+                apply_fact(
+                    conn, sub_task_id, event.event, event.occurred_at, event.provider_message_id
+                )
+                _settle(conn, event_id, "applied", sub_task_id, strategy)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"[:ERROR_CHARS]
+            log.warning(
+                "event %s could not be applied: %s",
+                event_id,
+                error,
+                extra={"action": "event_error", "event_id": event_id},
+            )
+            _settle(conn, event_id, "error", error=error)
