@@ -6,20 +6,16 @@ mail client meets: status codes, headers, bodies, background processing after th
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import Engine, text
 
 from edm import services as services_mod
 from edm import tasks as tasks_mod
-from edm.api.app import create_app
+from edm.api.server import serving_in_thread
 from edm.config import Settings
 from edm.contacts import add_contacts
 from edm.db import open_database
@@ -30,28 +26,11 @@ from tests.helpers import scalar
 @contextmanager
 def api_server(engine: Engine, settings: Settings) -> Iterator[httpx.Client]:
     """An httpx client on a running server for `create_app(engine, settings)`."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        create_app(engine, settings), log_level="warning", timeout_graceful_shutdown=5
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise AssertionError("the test API server did not start")
-        time.sleep(0.01)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            yield client
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+    with (
+        serving_in_thread(engine, settings) as base_url,
+        httpx.Client(base_url=base_url, timeout=10) as client,
+    ):
+        yield client
 
 
 def module_engine(

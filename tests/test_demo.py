@@ -125,6 +125,9 @@ def test_demo_on_an_empty_postgresql_database(empty_pg_url: str, tmp_path: Path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "demo database (given with --database): postgresql://" in result.stdout
     assert "task 1: completed; sent 20" in result.stdout
+    # The sandbox's events came back through the HTTP app the demo runs: the whole loop.
+    delivered = re.search(r"funnel \(of sent\): delivered (\d+)", result.stdout)
+    assert delivered and int(delivered.group(1)) > 0, result.stdout
     after = rows(empty_pg_url)
     assert len(after["services"]) == 2 and len(after["contacts"]) == 20
 

@@ -35,6 +35,17 @@ from edm.scheduler.supervisor import Supervisor
 
 # The production pair: one email every 31 s and every 18 s, here 100 times faster.
 DEMO_SERVICES = (("glodamarket.store", 0.31), ("glodamarket.fun", 0.18))
+# What the demo's sandbox reports back through the webhook, as a real provider would.
+EVENTS = (
+    "delivered=0.95,open=0.45,click=0.15,hard_bounce=0.02,soft_bounce=0.02,"
+    "complaint=0.005,unsubscribe=0.02"
+)
+# After the last send, how long to wait for the sandbox's late events to arrive.
+EVENTS_SETTLE_SECONDS = 1.5
+EVENTS_WAIT_MAX_SECONDS = 8.0
+EVENTS_SEEN = text("""
+    SELECT (SELECT count(*) FROM events)
+         + (SELECT count(*) FROM webhook_requests WHERE status IN ('received', 'processing'))""")
 # Rows in any of these mean the database belongs to someone: the demo will not write to it.
 OWNED_TABLES = ("services", "contacts", "tasks")
 
@@ -114,9 +125,16 @@ def refuse_if_in_use(url: str) -> None:
 
 def run_demo(url: str, contact_count: int, console: Console, outbox: Path) -> int:
     """Create the services, contacts and task in `url`, send it all, show the outcome."""
+    from edm.api.server import serving_in_thread
+
     engine = open_database(url)
+    settings = Settings(database_url=url)
     try:
-        return _send(engine, Settings(database_url=url), contact_count, console, outbox)
+        # The HTTP app runs too: the sandbox posts its tracking events to it, so the demo
+        # shows the whole loop.
+        with serving_in_thread(engine, settings) as base_url:
+            settings = settings.model_copy(update={"public_url": base_url})
+            return _send(engine, settings, contact_count, console, outbox)
     finally:
         engine.dispose()
 
@@ -125,7 +143,13 @@ def _send(
     engine: Engine, settings: Settings, contact_count: int, console: Console, outbox: Path
 ) -> int:
     service_ids = [
-        services_mod.add_service(engine, name, "sandbox", interval, options={"outbox": str(outbox)})
+        services_mod.add_service(
+            engine,
+            name,
+            "sandbox",
+            interval,
+            options={"outbox": str(outbox), "events": EVENTS},
+        )
         for name, interval in DEMO_SERVICES
     ]
     add_contacts(
@@ -164,7 +188,22 @@ def _send(
         thread.join(timeout=15)
     for message in messages:
         console.print(message)
+    _wait_for_events(engine)
     return _summary(engine, task_id, progress, console)
+
+
+def _wait_for_events(engine: Engine) -> None:
+    """The sandbox posts events a little after each send: wait until they stop coming."""
+    deadline = time.monotonic() + EVENTS_WAIT_MAX_SECONDS
+    last, still_since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            seen = int(conn.execute(EVENTS_SEEN).scalar_one())
+        if seen != last:
+            last, still_since = seen, time.monotonic()
+        elif time.monotonic() - still_since >= EVENTS_SETTLE_SECONDS:
+            return
+        time.sleep(0.2)
 
 
 def _say_kept(workdir: Path, own_url: str | None, console: Console) -> None:
@@ -260,5 +299,9 @@ def _summary(
         f"task {task_id}: {view.status}; "
         + ", ".join(f"{k} {v}" for k, v in sorted(view.counts.items()))
     )
+    funnel = ", ".join(
+        f"{fact.replace('_', ' ')} {n} ({view.rates[fact]:.0%})" for fact, n in view.funnel.items()
+    )
+    console.print(f"funnel (of sent): {funnel}", highlight=False, soft_wrap=True)
     console.print(f"{stuck} stuck")
     return 0 if view.status == "completed" and stuck == 0 else 1

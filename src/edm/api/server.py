@@ -12,6 +12,9 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
+import threading
+import time
 from collections.abc import Callable, Iterator
 
 import uvicorn
@@ -113,3 +116,31 @@ async def _serve_http(server: uvicorn.Server) -> int:
     except SystemExit as exc:
         return int(exc.code or 1) if not isinstance(exc.code, str) else 1
     return 0 if server.started else 1
+
+
+@contextlib.contextmanager
+def serving_in_thread(engine: Engine, settings: Settings) -> Iterator[str]:
+    """The app on a free loopback port in a thread of this process (the demo, tests);
+    yields its base URL and stops it on exit."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(engine, settings), log_level="warning", timeout_graceful_shutdown=5
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            sock.close()
+            raise RuntimeError("the HTTP server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
