@@ -67,7 +67,9 @@ def test_smtp_campaign_is_personalised_and_carries_unsubscribe_headers(
                 " WHERE c.email = 'ann@example.com'"
             )
         ).one()
-        secret = conn.execute(text("SELECT value FROM app_settings")).scalar()
+        secret = conn.execute(
+            text("SELECT value FROM app_settings WHERE key = 'secret_key'")
+        ).scalar()
     assert ann["Message-ID"] == f"<{row.idempotency_key}@shop.example>" == row.provider_message_id
     assert ann["X-EDM-Subtask"] == str(row.id) and ann["X-EDM-Task"] == str(task_id)
     assert ann["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
