@@ -177,12 +177,14 @@ def measure(kind: str, url: str, count: int, concurrency: int) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {**os.environ, "EDM_DATABASE_URL": url, "EDM_WEBHOOK_TOKEN": TOKEN}
+    log_path = f"/tmp/edm-bench-webhooks-{kind}.log"
     server = subprocess.Popen(
         [sys.executable, "-m", "edm", "serve", "--port", str(port), "--no-worker"],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=open(log_path, "w"),  # noqa: SIM115 - the child's log, read on failure
     )
+    print(f"{kind}: edm serve logs to {log_path}", flush=True)
     try:
         wait_for_server(base, server)
         started = time.perf_counter()
