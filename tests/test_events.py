@@ -391,3 +391,28 @@ def test_a_batch_of_requests_is_processed_together(engine: Engine) -> None:
     }
     assert scalar(engine, "SELECT open_count FROM sub_tasks WHERE id = :i", i=first) == 1
     assert scalar(engine, "SELECT status FROM contacts WHERE id = 3") == "bounced"
+
+
+def test_contact_rules_for_bounces(engine: Engine, env: dict[str, str]) -> None:
+    first, second, third = _sent_task(engine)
+    # The provider says the address does not exist: invalid rather than bounced.
+    _post(
+        engine,
+        {
+            "event": "bounce",
+            "subtask_id": first,
+            "timestamp": 10,
+            "data": {"bounce_type": "hard", "address_invalid": True},
+        },
+    )
+    assert scalar(engine, "SELECT status FROM contacts WHERE id = 1") == "invalid"
+    # Three soft bounces within 30 days make a contact bounced; two, or three spread over
+    # more than 30 days, do not.
+    day = 86400.0
+    for i, at in enumerate((0, 10 * day, 45 * day)):
+        _post(engine, _event("soft", second, 1e6 + at, f"s2-{i}"))
+    assert scalar(engine, "SELECT status FROM contacts WHERE id = 2") == "active"
+    for i, at in enumerate((0, 10 * day, 29 * day)):
+        _post(engine, _event("soft", third, 1e6 + at, f"s3-{i}"))
+    assert scalar(engine, "SELECT status FROM contacts WHERE id = 3") == "bounced"
+    assert scalar(engine, "SELECT status_reason FROM contacts WHERE id = 3") == "3 soft bounces"

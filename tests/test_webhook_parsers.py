@@ -129,6 +129,7 @@ def test_engagelab_bounce_reason_and_click_url() -> None:
         "provider_event": "invalid_email",
         "bounce_type": "hard",
         "reason": "550 no user",
+        "address_invalid": True,  # the contact becomes invalid rather than bounced
     }
     [soft] = ENGAGELAB.parse(status("soft_bounce", {"email_id": "e", "msg": "mailbox full"}))
     assert soft.data["bounce_type"] == "soft" and soft.data["reason"] == "mailbox full"

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     webhook_max_bytes: int = Field(1024 * 1024, ge=1, description="largest webhook body")
     # Webhook events that match no sub-task yet are tried again for this long, then given up.
     unmatched_retry_seconds: float = Field(3600.0, ge=0)
+    # This many soft bounces of one contact within this many days make it `bounced`.
+    soft_bounce_limit: int = Field(3, ge=1)
+    soft_bounce_days: float = Field(30.0, gt=0)
 
     # Retries.
     max_attempts: int = Field(5, ge=1)

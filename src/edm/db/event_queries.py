@@ -192,3 +192,20 @@ CLAIM_REQUESTS = each(
         RETURNING id, provider, body""",
     }
 )
+
+# The soft bounces already applied to a contact's messages, for the soft-bounce limit.
+CONTACT_SOFT_BOUNCES = both("""
+    SELECT e.occurred_at FROM events e JOIN sub_tasks s ON s.id = e.sub_task_id
+    WHERE s.contact_id = (SELECT contact_id FROM sub_tasks WHERE id = :sub_task_id)
+      AND e.event = 'soft_bounce' AND e.status = 'applied'""")
+
+# Held while a contact's soft bounces are counted, so two bounces applied at once both see
+# each other (SQLite's writer lock does this already).
+LOCK_CONTACT_OF = each(
+    {
+        "postgresql": """
+        SELECT id FROM contacts
+        WHERE id = (SELECT contact_id FROM sub_tasks WHERE id = :sub_task_id) FOR UPDATE""",
+        "sqlite": "SELECT 1",
+    }
+)

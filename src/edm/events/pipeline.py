@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, Engine
 
+from edm.config import get_settings
 from edm.db import event_queries as eq
 from edm.db.queries import query
-from edm.events.apply import apply_fact
+from edm.events.apply import SoftBounceLimit, apply_fact
 from edm.events.matching import match
 from edm.events.parsers.base import IGNORED, ParsedEvent, WebhookParseError, decode_json
 from edm.events.parsers.registry import parser_for
@@ -149,9 +150,7 @@ def apply_event(engine: Engine, event_id: int) -> str:
             if found is None:
                 _settle(conn, event_id, "unmatched")
                 return "unmatched"
-            apply_fact(
-                conn, found.sub_task_id, event.event, event.occurred_at, event.provider_message_id
-            )
+            _apply(conn, found.sub_task_id, event)
             _settle(conn, event_id, "applied", found.sub_task_id, found.strategy)
         log.debug(
             "event %s applied to sub-task %s",
@@ -175,6 +174,21 @@ def apply_event(engine: Engine, event_id: int) -> str:
         with engine.begin() as conn:
             _settle(conn, event_id, "error", error=error)
         return "error"
+
+
+def _apply(conn: Connection, sub_task_id: int, event) -> None:  # type: ignore[no-untyped-def]
+    """One recorded event's fact, with the contact rules of the current settings."""
+    settings = get_settings()
+    data = event.data if isinstance(event.data, dict) else json.loads(event.data or "{}")
+    apply_fact(
+        conn,
+        sub_task_id,
+        event.event,
+        event.occurred_at,
+        event.provider_message_id,
+        data,
+        SoftBounceLimit(settings.soft_bounce_limit, settings.soft_bounce_days),
+    )
 
 
 def _settle(
@@ -333,9 +347,7 @@ def _apply_all(conn: Connection, event_ids: list[int]) -> None:
     for sub_task_id, event_id, strategy, event in sorted(matched, key=lambda m: (m[0], m[1])):
         try:
             with conn.begin_nested():
-                apply_fact(
-                    conn, sub_task_id, event.event, event.occurred_at, event.provider_message_id
-                )
+                _apply(conn, sub_task_id, event)
                 _settle(conn, event_id, "applied", sub_task_id, strategy)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"[:ERROR_CHARS]

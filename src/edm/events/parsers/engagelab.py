@@ -112,6 +112,8 @@ def _parse_one(item: Any) -> list[ParsedEvent]:
     data: dict[str, Any] = {"provider_event": name}
     if event in BOUNCE_TYPES:
         data["bounce_type"] = BOUNCE_TYPES[event]
+        if name == "invalid_email":
+            data["address_invalid"] = True  # the address does not exist
         reason = _first(details, REASON_KEYS)
         if reason is not None:
             data["reason"] = reason
