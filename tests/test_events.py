@@ -352,6 +352,11 @@ def test_events_list_and_reprocess_from_the_cli(
     assert result.exit_code == 0 and "1 applied" in result.stdout
     assert scalar(engine, "SELECT count(*) FROM events WHERE status = 'applied'") == 2
 
+    _post(engine, b"{oops")
+    invalid = json.loads(
+        runner.invoke(app, ["events", "list", "--status", "invalid", "--json"]).stdout
+    )
+    assert [(r["status"], "not JSON" in r["error"]) for r in invalid] == [("invalid", True)]
     result = runner.invoke(app, ["events", "list", "--status", "bogus"])
     assert result.exit_code == 1 and "--status must be one of" in result.stderr
     result = runner.invoke(app, ["events", "reprocess", "--status", "applied"])

@@ -22,6 +22,7 @@ def events_list(
         str | None,
         typer.Option(
             help="received | applied | duplicate | unmatched | given_up | error | ignored"
+            " | invalid (requests that could not be parsed)"
         ),
     ] = None,
     limit: Annotated[int, typer.Option(help="newest first, at most this many")] = 50,

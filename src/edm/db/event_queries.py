@@ -209,3 +209,10 @@ LOCK_CONTACT_OF = each(
         "sqlite": "SELECT 1",
     }
 )
+
+# Requests whose body could not be parsed: `edm events list --status invalid`.
+INVALID_REQUEST_LIST = both("""
+    SELECT id, provider, 'request' AS event, status, received_at AS occurred_at,
+           received_at AS created_at, NULL AS sub_task_id, NULL AS task_id, NULL AS matched_by,
+           0 AS duplicates, NULL AS recipient, error
+    FROM webhook_requests WHERE status = 'invalid' ORDER BY id DESC LIMIT :limit""")

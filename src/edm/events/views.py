@@ -7,8 +7,18 @@ from sqlalchemy import Engine
 from edm.db import event_queries as eq
 from edm.db.queries import query
 
-# Statuses `edm events list --status` knows; `duplicate` means "received more than once".
-LISTED_STATUSES = ("received", "applied", "duplicate", "unmatched", "given_up", "error", "ignored")
+# Statuses `edm events list --status` knows; `duplicate` means "received more than once",
+# `invalid` lists the requests whose body could not be parsed (they hold no event).
+LISTED_STATUSES = (
+    "received",
+    "applied",
+    "duplicate",
+    "unmatched",
+    "given_up",
+    "error",
+    "ignored",
+    "invalid",
+)
 REPROCESSABLE = ("unmatched", "given_up", "error")
 
 
@@ -24,6 +34,11 @@ def list_events(
     if not 1 <= limit <= 10_000:
         raise EventQueryError("--limit must be from 1 to 10000")
     with engine.connect() as conn:
+        if status == "invalid":
+            rows = conn.execute(
+                query(eq.INVALID_REQUEST_LIST, engine.dialect.name), {"limit": limit}
+            )
+            return [dict(row._mapping) for row in rows]
         rows = conn.execute(
             query(eq.EVENT_LIST, engine.dialect.name),
             {"status": status, "task_id": task_id, "limit": limit},
