@@ -6,6 +6,7 @@ their own on the server named by the admin URL.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import shutil
 import tempfile
@@ -49,3 +50,16 @@ def fresh_database(kind: str, admin_url: str) -> Iterator[Target]:
     finally:
         with psycopg.connect(admin_url, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def add_database_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
+    parser.add_argument("--pg-url", default=DEFAULT_ADMIN_URL, help="server to create it on")
+
+
+def chosen_databases(options: argparse.Namespace) -> Iterator[Target]:
+    """A fresh database of each kind `--db` names, one after the other."""
+    kinds = ("sqlite", "postgresql") if options.db == "both" else (options.db,)
+    for kind in kinds:
+        with fresh_database(kind, options.pg_url) as target:
+            yield target

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from databases import DEFAULT_ADMIN_URL, fresh_database
+from databases import add_database_options, chosen_databases
 
 COMMANDS = (["--help"], ["--version"], ["task", "show", "1"], ["task", "list"])
 TARGET_SECONDS = 0.5
@@ -64,13 +64,10 @@ def measure(label: str, url: str, runs: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
-    parser.add_argument("--pg-url", default=DEFAULT_ADMIN_URL, help="server to create it on")
+    add_database_options(parser)
     options = parser.parse_args()
-    kinds = ("sqlite", "postgresql") if options.db == "both" else (options.db,)
-    for kind in kinds:
-        with fresh_database(kind, options.pg_url) as target:
-            measure(kind, target.url, options.runs)
+    for target in chosen_databases(options):
+        measure(target.kind, target.url, options.runs)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import sys
 import time
 
 import httpx
-from databases import DEFAULT_ADMIN_URL, fresh_database
+from databases import add_database_options, chosen_databases
 from sqlalchemy import text
 
 from edm.contacts import add_contacts
@@ -213,13 +213,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
-    parser.add_argument("--pg-url", default=DEFAULT_ADMIN_URL, help="server to create it on")
+    add_database_options(parser)
     options = parser.parse_args()
-    kinds = ("sqlite", "postgresql") if options.db == "both" else (options.db,)
-    for kind in kinds:
-        with fresh_database(kind, options.pg_url) as target:
-            measure(kind, target.url, options.events, options.concurrency)
+    for target in chosen_databases(options):
+        measure(target.kind, target.url, options.events, options.concurrency)
 
 
 if __name__ == "__main__":

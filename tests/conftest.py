@@ -90,3 +90,15 @@ def env(db_url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     get_settings.cache_clear()
     yield {**os.environ, **values}
     get_settings.cache_clear()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def db(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Engine]:
+    """One database for a whole test module, for tests that share one API server."""
+    from tests.api_server import module_engine
+
+    engine = module_engine(request, tmp_path_factory)
+    yield engine
+    engine.dispose()

@@ -24,7 +24,7 @@ from edm.db.engine import make_engine
 from edm.db.secrets import webhook_token
 from edm.providers.base import OptionError
 from edm.providers.engagelab import EngageLabProvider
-from tests.api_server import api_server, emptied, module_engine, sent_task
+from tests.api_server import api_server, emptied, sent_task
 from tests.helpers import scalar, wait_for
 
 TOKEN = "test-webhook-token"
@@ -35,15 +35,6 @@ ENGAGELAB_OPTIONS = {"api_user": "u", "api_key": "k"}
 
 def settings(**overrides: object) -> Settings:
     return Settings(**{"webhook_token": TOKEN, "webhook_max_bytes": MAX_BYTES, **overrides})
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def db(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Engine]:
-    engine = module_engine(request, tmp_path_factory)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture(scope="module")

@@ -9,20 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from edm.cli import app
 from edm.config import get_settings
-
-runner = CliRunner()
-
-
-def edm(*args: str) -> tuple[int, str, str]:
-    result = runner.invoke(app, list(args))
-    assert not isinstance(result.exception, Exception) or isinstance(
-        result.exception, SystemExit
-    ), result.exception
-    return result.exit_code, result.stdout, result.stderr
+from tests.helpers import edm
 
 
 def test_full_flow_through_the_cli(env: dict[str, str], tmp_path: Path) -> None:
@@ -198,7 +187,7 @@ def test_a_scheduled_task_starts_by_itself_at_its_time(env: dict[str, str], tmp_
     import time
     from datetime import UTC, datetime
 
-    from tests.helpers import Worker
+    from tests.helpers import Worker, edm
 
     csv = tmp_path / "c.csv"
     csv.write_text("email\na@example.com\nb@example.com\n")

@@ -10,21 +10,11 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, select
-from typer.testing import CliRunner
 
-from edm.cli import app
 from edm.db.models import Contact
+from tests.helpers import edm
 
-runner = CliRunner()
 LONG = "x" * 200_000
-
-
-def edm(*args: str) -> tuple[int, str, str]:
-    result = runner.invoke(app, list(args))
-    assert not isinstance(result.exception, Exception) or isinstance(
-        result.exception, SystemExit
-    ), result.exception
-    return result.exit_code, result.stdout, result.stderr
 
 
 def contacts(engine: Engine) -> dict[str, tuple]:

@@ -10,23 +10,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import Engine, text
-from typer.testing import CliRunner
 
 from edm import services as services_mod
 from edm import tasks as tasks_mod
-from edm.cli import app
 from edm.contacts import add_contacts
-from tests.helpers import Worker, make_contacts, status_counts
-
-runner = CliRunner()
-
-
-def edm(*args: str) -> tuple[int, str, str]:
-    result = runner.invoke(app, list(args), terminal_width=200)
-    assert not isinstance(result.exception, Exception) or isinstance(
-        result.exception, SystemExit
-    ), result.exception
-    return result.exit_code, result.stdout, result.stderr
+from tests.helpers import Worker, edm, make_contacts, status_counts
 
 
 def test_show_gives_reasons_with_counts_rate_and_skipped(

@@ -9,26 +9,14 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, text
-from typer.testing import CliRunner
 
 from edm import services as services_mod
 from edm import tasks as tasks_mod
-from edm.cli import app
 from edm.config import get_settings
 from edm.contacts import add_contacts
 from edm.scheduler.claim import claim
 from edm.scheduler.transitions import Refund, Settle, settle_unsent
-from tests.helpers import Worker, read_outbox, scalar, status_counts, task_status
-
-runner = CliRunner()
-
-
-def edm(*args: str) -> tuple[int, str, str]:
-    result = runner.invoke(app, list(args))
-    assert not isinstance(result.exception, Exception) or isinstance(
-        result.exception, SystemExit
-    ), result.exception
-    return result.exit_code, result.stdout, result.stderr
+from tests.helpers import Worker, edm, read_outbox, scalar, status_counts, task_status
 
 
 def _contacts(engine: Engine, count: int, **fields: str) -> None:

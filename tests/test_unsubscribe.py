@@ -14,21 +14,12 @@ from edm import tasks as tasks_mod
 from edm.config import Settings
 from edm.db.secrets import signing_key
 from edm.messages import unsubscribe_token
-from tests.api_server import api_server, emptied, module_engine, sent_task
+from tests.api_server import api_server, emptied, sent_task
 from tests.helpers import scalar
 
 # An address whose every shown character needs escaping.
 ODD = "&b<c>'d\"@example.com"
 ONE_CLICK = {"List-Unsubscribe": "One-Click"}
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def db(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Engine]:
-    engine = module_engine(request, tmp_path_factory)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture(scope="module")

@@ -164,15 +164,8 @@ def apply_event(engine: Engine, event_id: int) -> str:
         )
         return "applied"
     except Exception as exc:  # the raw event stays, with the error, to be reprocessed
-        error = f"{type(exc).__name__}: {exc}"[:ERROR_CHARS]
-        log.warning(
-            "event %s could not be applied: %s",
-            event_id,
-            error,
-            extra={"action": "event_error", "event_id": event_id},
-        )
         with engine.begin() as conn:
-            _settle(conn, event_id, "error", error=error)
+            _settle_failed(conn, event_id, exc)
         return "error"
 
 
@@ -189,6 +182,17 @@ def _apply(conn: Connection, sub_task_id: int, event) -> None:  # type: ignore[n
         data,
         SoftBounceLimit(settings.soft_bounce_limit, settings.soft_bounce_days),
     )
+
+
+def _settle_failed(conn: Connection, event_id: int, exc: Exception) -> None:
+    error = f"{type(exc).__name__}: {exc}"[:ERROR_CHARS]
+    log.warning(
+        "event %s could not be applied: %s",
+        event_id,
+        error,
+        extra={"action": "event_error", "event_id": event_id},
+    )
+    _settle(conn, event_id, "error", error=error)
 
 
 def _settle(
@@ -350,11 +354,4 @@ def _apply_all(conn: Connection, event_ids: list[int]) -> None:
                 _apply(conn, sub_task_id, event)
                 _settle(conn, event_id, "applied", sub_task_id, strategy)
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"[:ERROR_CHARS]
-            log.warning(
-                "event %s could not be applied: %s",
-                event_id,
-                error,
-                extra={"action": "event_error", "event_id": event_id},
-            )
-            _settle(conn, event_id, "error", error=error)
+            _settle_failed(conn, event_id, exc)
