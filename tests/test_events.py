@@ -183,6 +183,9 @@ def test_facts_counts_and_suppression(engine: Engine) -> None:
         "unsubscribed": 1,
     }
     assert view.rates["opened"] == pytest.approx(1 / 3)
+    # Each sub-task once, by its highest fact: complained > unsubscribed > bounced > clicked
+    # > opened > delivered, else its status.
+    assert view.shown == {"opened": 1, "unsubscribed": 1, "sent": 1}
 
 
 def test_a_delivery_settles_an_unknown_outcome_as_sent(engine: Engine) -> None:

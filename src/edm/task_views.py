@@ -50,6 +50,9 @@ class TaskView:
     reasons: list[FailureReason] = field(default_factory=list)
     # Unique sub-tasks with each tracking fact; rates are of the sub-tasks sent.
     funnel: dict[str, int] = field(default_factory=dict)
+    # Each sub-task once, by its shown state: its highest fact (complained, unsubscribed,
+    # hard/soft bounced, clicked, opened, delivered), else its status.
+    shown: dict[str, int] = field(default_factory=dict)
 
     @property
     def rates(self) -> dict[str, float]:
@@ -89,9 +92,14 @@ def _view(conn: Connection, row, *, details: bool) -> TaskView:  # type: ignore[
     rate = 0
     reasons: list[FailureReason] = []
     funnel: dict[str, int] = {}
+    shown: dict[str, int] = {}
     if details:
         facts = conn.execute(q.query(q.TASK_FUNNEL, dialect), {"task_id": row.id}).one()
         funnel = {name: int(value or 0) for name, value in facts._mapping.items()}
+        shown = {
+            r.state: int(r.n)
+            for r in conn.execute(q.query(q.TASK_SHOWN_STATES, dialect), {"task_id": row.id})
+        }
         rate = int(
             conn.execute(
                 q.query(q.TASK_SENT_SINCE, dialect),
@@ -122,6 +130,7 @@ def _view(conn: Connection, row, *, details: bool) -> TaskView:  # type: ignore[
         sent_last_minute=rate,
         reasons=reasons,
         funnel=funnel,
+        shown=shown,
     )
 
 

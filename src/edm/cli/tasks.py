@@ -190,6 +190,13 @@ def _render_task(view) -> Table:  # type: ignore[no-untyped-def]
             )
             + " of sent",
         )
+        grid.add_row(
+            "by state",
+            ", ".join(
+                f"{state.replace('_', ' ')} {n:,}"
+                for state, n in sorted(view.shown.items(), key=lambda item: -item[1])
+            ),
+        )
     if view.reasons:
         reasons = Table("count", "status", "class", "reason", box=None, pad_edge=False)
         for reason in view.reasons:

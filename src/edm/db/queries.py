@@ -377,6 +377,21 @@ TASK_FUNNEL = both("""
            sum(CASE WHEN unsubscribed_at IS NOT NULL THEN 1 ELSE 0 END) AS unsubscribed
     FROM sub_tasks WHERE task_id = :task_id""")
 
+# A sub-task's shown state: its highest delivery fact by precedence, else its status. The
+# facts are kept as first-seen times, so the shown state never depends on event order.
+SHOWN_STATE = """CASE
+        WHEN complained_at IS NOT NULL THEN 'complained'
+        WHEN unsubscribed_at IS NOT NULL THEN 'unsubscribed'
+        WHEN bounce_type = 'hard' THEN 'hard_bounced'
+        WHEN bounce_type = 'soft' AND delivered_at IS NULL THEN 'soft_bounced'
+        WHEN clicked_at IS NOT NULL THEN 'clicked'
+        WHEN opened_at IS NOT NULL THEN 'opened'
+        WHEN delivered_at IS NOT NULL THEN 'delivered'
+        ELSE status END"""
+TASK_SHOWN_STATES = both(f"""
+    SELECT {SHOWN_STATE} AS state, count(*) AS n FROM sub_tasks WHERE task_id = :task_id
+    GROUP BY {SHOWN_STATE}""")
+
 TASK_FAILURE_REASONS = both("""
     SELECT status, error_class, last_error, count(*) AS n FROM sub_tasks
     WHERE task_id = :task_id AND status IN ('failed', 'skipped', 'unknown')
