@@ -218,3 +218,26 @@ def send_test_message(engine: Engine, name: str, to: str, settings: Settings) ->
             await provider.close()
 
     return asyncio.run(send())
+
+
+WEBHOOK_VERIFY_ON = ("true", "1", "yes")
+
+
+def engagelab_webhook_keys(engine: Engine) -> list[str]:
+    """The keys of every EngageLab service that verifies its webhooks; empty: none does.
+
+    `webhook_verify` defaults to on (as in the provider), so a service with a
+    `webhook_key` and no `webhook_verify` verifies. A verifying service without a key
+    (possible only for rows older than the option check) contributes an empty key,
+    which signs nothing: verification fails closed rather than open.
+    """
+    with Session(engine) as session:
+        rows = session.scalars(select(Service.options).where(Service.provider == "engagelab"))
+        options_list = [row if isinstance(row, dict) else {} for row in rows]
+    keys = []
+    for options in options_list:
+        key = str(options.get("webhook_key") or "")
+        verify = options.get("webhook_verify")
+        if bool(key) if verify is None else str(verify).strip().lower() in WEBHOOK_VERIFY_ON:
+            keys.append(key)
+    return keys

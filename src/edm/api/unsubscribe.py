@@ -20,8 +20,8 @@ from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
 from edm.api.dependencies import EngineDep, InstallationSecrets, SecretsDep
-from edm.api.recipients import Recipient, link_recipient, masked
-from edm.events.own import record_unsubscribe
+from edm.api.recipients import masked
+from edm.events.own import Recipient, link_recipient, record_unsubscribe
 from edm.messages import read_unsubscribe_token
 
 log = logging.getLogger(__name__)

@@ -18,12 +18,13 @@ from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from edm.api.auth import count_rejection, engagelab_allowed, engagelab_webhook_keys, token_allowed
+from edm.api.auth import count_rejection, engagelab_allowed, token_allowed
 from edm.api.dependencies import EngineDep, SecretsDep, SettingsDep
 from edm.api.errors import ApiError, ErrorBody, error_response
 from edm.events.intake import log_request
 from edm.events.parsers.base import WebhookParseError, decode_json
 from edm.events.parsers.registry import parser_for
+from edm.services import engagelab_webhook_keys
 
 router = APIRouter(prefix="/api/webhooks", tags=["webhooks"])
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from edm.db import event_queries as eq
+from edm.db.models import Contact, SubTask
 from edm.db.queries import query
 from edm.events.pipeline import apply_event
 
@@ -43,3 +45,26 @@ def record_unsubscribe(engine: Engine, sub_task_id: int) -> str:
                 return "duplicate"
             event_id = earlier.id  # the first click did not take: this one tries again
     return apply_event(engine, int(event_id))
+
+
+@dataclass(frozen=True)
+class Recipient:
+    sub_task_id: int
+    email: str
+    unsubscribed: bool
+
+
+def link_recipient(engine: Engine, sub_task_id: int, contact_id: int) -> Recipient | None:
+    """The contact of a genuine link, or None when its sub-task is gone or belongs to
+    another contact (a token signed with a key since rotated back, a hand-edited row)."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(Contact.email, Contact.status, SubTask.unsubscribed_at)
+            .join(Contact, Contact.id == SubTask.contact_id)
+            .where(SubTask.id == sub_task_id, SubTask.contact_id == contact_id)
+        ).first()
+    if row is None:
+        return None
+    return Recipient(
+        sub_task_id, row.email, row.status == "unsubscribed" or row.unsubscribed_at is not None
+    )
