@@ -1,0 +1,131 @@
+"""Order does not matter, over real HTTP: any permutation and repetition of a set of events,
+posted as several concurrent requests to a running server, ends in the same sub-task and
+contact state as the sorted, de-duplicated sequence posted one request at a time."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Engine, text
+
+from edm.config import Settings
+from tests.api_server import api_server, emptied, sent_task
+
+TOKEN = "order-token"
+KINDS = ("delivered", "opened", "clicked", "hard", "soft", "complained", "unsubscribed")
+FACTS = (
+    "status, delivered_at, opened_at, open_count, clicked_at, click_count, bounced_at,"
+    " bounce_type, complained_at, unsubscribed_at"
+)
+
+
+@pytest.fixture(scope="module")
+def client(db: Engine) -> Iterator[httpx.Client]:
+    with api_server(db, Settings(webhook_token=TOKEN)) as client:
+        yield client
+
+
+def _event(kind: str, sub_task_id: int, at: float) -> dict:
+    event_id = f"{kind}-{sub_task_id}-{at}"
+    if kind in ("hard", "soft"):
+        return {
+            "event": "bounce",
+            "subtask_id": sub_task_id,
+            "timestamp": at,
+            "event_id": event_id,
+            "data": {"bounce_type": kind},
+        }
+    return {"event": kind, "subtask_id": sub_task_id, "timestamp": at, "event_id": event_id}
+
+
+def _reset(engine: Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM events"))
+        conn.execute(text("DELETE FROM webhook_requests"))
+        conn.execute(
+            text(
+                "UPDATE sub_tasks SET delivered_at = NULL, opened_at = NULL, open_count = 0,"
+                " clicked_at = NULL, click_count = 0, bounced_at = NULL, bounce_type = NULL,"
+                " complained_at = NULL, unsubscribed_at = NULL"
+            )
+        )
+        conn.execute(text("UPDATE contacts SET status = 'active', status_reason = NULL"))
+
+
+def _post(client: httpx.Client, body: object) -> None:
+    answer = client.post(
+        "/api/webhooks/generic", json=body, headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    assert answer.status_code == 200, answer.text
+
+
+def _settled_state(engine: Engine) -> tuple:
+    """The state once the server has processed every logged request."""
+    deadline = time.monotonic() + 20
+    with engine.connect() as conn:
+        while (
+            conn.execute(
+                text("SELECT count(*) FROM webhook_requests WHERE status <> 'processed'")
+            ).scalar()
+            or conn.execute(text("SELECT count(*) FROM events WHERE status = 'received'")).scalar()
+        ):
+            assert time.monotonic() < deadline, "the server did not process every request"
+            conn.rollback()
+            time.sleep(0.02)
+        subs = conn.execute(text(f"SELECT {FACTS} FROM sub_tasks ORDER BY id")).all()
+        contacts = conn.execute(text("SELECT status FROM contacts ORDER BY id")).scalars()
+        return [tuple(row) for row in subs], list(contacts)
+
+
+def test_any_order_over_http_gives_the_same_state(client: httpx.Client, db: Engine) -> None:
+    emptied(db)
+    ids = [sub for sub, _ in sent_task(db, ["a@example.com", "b@example.com"])]
+
+    @settings(
+        max_examples=15,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    @given(
+        events=st.lists(
+            st.tuples(st.sampled_from(KINDS), st.integers(0, 1), st.integers(1, 40)),
+            min_size=1,
+            max_size=12,
+            unique=True,
+        ),
+        seed=st.integers(0, 2**32),
+    )
+    def check(events: list[tuple[str, int, int]], seed: int) -> None:
+        bodies = [_event(kind, ids[which], 1000.0 + at) for kind, which, at in events]
+        _reset(db)
+        for body in sorted(bodies, key=lambda b: (b["timestamp"], b["event_id"])):
+            _post(client, body)
+        expected = _settled_state(db)
+
+        _reset(db)
+        rng = random.Random(seed)
+        shuffled = bodies + rng.sample(bodies, k=rng.randint(0, len(bodies)))
+        rng.shuffle(shuffled)
+        requests: list[object] = []
+        while shuffled:
+            size = rng.randint(1, 3)
+            requests.append(shuffled[0] if size == 1 else shuffled[:size])
+            shuffled = shuffled[size:]
+        threads = [
+            threading.Thread(target=lambda mine=requests[i::3]: [_post(client, b) for b in mine])
+            for i in range(3)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert _settled_state(db) == expected
+
+    check()
