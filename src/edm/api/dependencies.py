@@ -12,11 +12,13 @@ from edm.config import Settings
 from edm.db import secrets
 
 
-def get_engine(request: Request) -> Engine:
+# `async def`, though nothing is awaited: FastAPI runs a plain `def` dependency in its
+# thread pool, a hop per dependency per request for what is an attribute read.
+async def get_engine(request: Request) -> Engine:
     return request.app.state.engine
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -45,8 +47,13 @@ class InstallationSecrets:
             self._webhook_token = secrets.webhook_token(self._engine)
         return self._webhook_token
 
+    @property
+    def known_webhook_token(self) -> str | None:
+        """The token if it was read already: no thread hop needed for it."""
+        return self._webhook_token
 
-def get_secrets(request: Request) -> InstallationSecrets:
+
+async def get_secrets(request: Request) -> InstallationSecrets:
     return request.app.state.secrets
 
 

@@ -62,7 +62,9 @@ async def generic_webhook(
     request: Request, engine: EngineDep, settings: SettingsDep, installation: SecretsDep
 ) -> Response:
     """edm's own format (docs/webhooks.md), with EDM_WEBHOOK_TOKEN as Bearer or Basic password."""
-    sandbox = await run_in_threadpool(installation.webhook_token)
+    sandbox = installation.known_webhook_token or await run_in_threadpool(
+        installation.webhook_token
+    )
     if not token_allowed(request.headers.get("authorization"), settings.webhook_token, sandbox):
         count_rejection("generic", request.client.host if request.client else None)
         hint = (
@@ -82,11 +84,14 @@ async def generic_webhook(
 
 async def _receive(request: Request, engine: Engine, max_bytes: int, provider: str) -> Response:
     body = await read_capped(request, max_bytes)
-    request_id = await run_in_threadpool(log_request, engine, provider, request.headers, body)
+    # One trip to the thread pool: the commit that makes any answer safe, and the check
+    # that decides between 200 and 400.
+    request_id, problem = await run_in_threadpool(
+        _log_and_check, engine, provider, dict(request.headers), body
+    )
     # Processed by the app's batch processor, whatever the answer: it marks a bad body
     # invalid. Woken now; the request is already safe in the log.
     request.app.state.processor.notify()
-    problem = await run_in_threadpool(body_problem, provider, body)
     if problem is not None:
         code, message = problem
         return error_response(400, code, message)
@@ -114,6 +119,13 @@ async def read_capped(request: Request, max_bytes: int) -> bytes:
 
 def _too_large(max_bytes: int) -> ApiError:
     return ApiError(413, "too_large", f"the body is over {max_bytes} bytes (EDM_WEBHOOK_MAX_BYTES)")
+
+
+def _log_and_check(
+    engine: Engine, provider: str, headers: dict[str, str], body: bytes
+) -> tuple[int, tuple[str, str] | None]:
+    request_id = log_request(engine, provider, headers, body)
+    return request_id, body_problem(provider, body)
 
 
 def body_problem(provider: str, body: bytes) -> tuple[str, str] | None:
