@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 from databases import add_database_options, chosen_databases
@@ -143,6 +144,12 @@ async def latency(base: str, rng: random.Random) -> list[float]:
     return times
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds of a process so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def applied_count(url: str) -> int:
     engine = open_database(url, migrate=False)
     try:
@@ -187,9 +194,12 @@ def measure(kind: str, url: str, count: int, concurrency: int) -> None:
     print(f"{kind}: edm serve logs to {log_path}", flush=True)
     try:
         wait_for_server(base, server)
+        cpu_before, client_before = cpu_seconds(server.pid), time.process_time()
         started = time.perf_counter()
         ok, failed = asyncio.run(post_all(base, bodies, concurrency))
         accepted_s = time.perf_counter() - started
+        server_cpu = cpu_seconds(server.pid) - cpu_before
+        client_cpu = time.process_time() - client_before
         while applied_count(url) < unique and time.perf_counter() - started < 600:
             time.sleep(0.2)
         applied_s = time.perf_counter() - started
@@ -204,7 +214,10 @@ def measure(kind: str, url: str, count: int, concurrency: int) -> None:
         f"{kind}: {count:,} events in {len(bodies):,} requests ({failed} refused), "
         f"{count / accepted_s:,.0f} events/s accepted, "
         f"{applied / applied_s:,.0f} unique events/s applied ({applied:,}/{unique:,}); "
-        f"at {LATENCY_RATE} requests/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+        f"at {LATENCY_RATE} requests/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms; "
+        f"during the flood the server used {server_cpu / len(bodies) * 1000:.2f} ms of CPU "
+        f"per request ({server_cpu / accepted_s:.2f} cores), the bench's client "
+        f"{client_cpu / accepted_s:.2f} cores"
     )
     del ok
 
