@@ -143,3 +143,31 @@ def edm(*args: str) -> tuple[int, str, str]:
         result.exception, SystemExit
     ), result.exception
     return result.exit_code, result.stdout, result.stderr
+
+
+def generic_event(kind: str, sub_task_id: int, at: float, event_id: str) -> dict:
+    """One event in the generic webhook format; `hard`/`soft` are bounces."""
+    if kind in ("hard", "soft"):
+        return {
+            "event": "bounce",
+            "subtask_id": sub_task_id,
+            "timestamp": at,
+            "event_id": event_id,
+            "data": {"bounce_type": kind},
+        }
+    return {"event": kind, "subtask_id": sub_task_id, "timestamp": at, "event_id": event_id}
+
+
+def forget_events(engine: Engine) -> None:
+    """No event received yet: the log, the facts and the contacts' suppression cleared."""
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM events"))
+        conn.execute(text("DELETE FROM webhook_requests"))
+        conn.execute(
+            text(
+                "UPDATE sub_tasks SET delivered_at = NULL, opened_at = NULL, open_count = 0,"
+                " clicked_at = NULL, click_count = 0, bounced_at = NULL, bounce_type = NULL,"
+                " complained_at = NULL, unsubscribed_at = NULL"
+            )
+        )
+        conn.execute(text("UPDATE contacts SET status = 'active', status_reason = NULL"))

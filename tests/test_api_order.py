@@ -17,6 +17,7 @@ from sqlalchemy import Engine, text
 
 from edm.config import Settings
 from tests.api_server import api_server, emptied, sent_task
+from tests.helpers import forget_events, generic_event
 
 TOKEN = "order-token"
 KINDS = ("delivered", "opened", "clicked", "hard", "soft", "complained", "unsubscribed")
@@ -30,33 +31,6 @@ FACTS = (
 def client(db: Engine) -> Iterator[httpx.Client]:
     with api_server(db, Settings(webhook_token=TOKEN)) as client:
         yield client
-
-
-def _event(kind: str, sub_task_id: int, at: float) -> dict:
-    event_id = f"{kind}-{sub_task_id}-{at}"
-    if kind in ("hard", "soft"):
-        return {
-            "event": "bounce",
-            "subtask_id": sub_task_id,
-            "timestamp": at,
-            "event_id": event_id,
-            "data": {"bounce_type": kind},
-        }
-    return {"event": kind, "subtask_id": sub_task_id, "timestamp": at, "event_id": event_id}
-
-
-def _reset(engine: Engine) -> None:
-    with engine.begin() as conn:
-        conn.execute(text("DELETE FROM events"))
-        conn.execute(text("DELETE FROM webhook_requests"))
-        conn.execute(
-            text(
-                "UPDATE sub_tasks SET delivered_at = NULL, opened_at = NULL, open_count = 0,"
-                " clicked_at = NULL, click_count = 0, bounced_at = NULL, bounce_type = NULL,"
-                " complained_at = NULL, unsubscribed_at = NULL"
-            )
-        )
-        conn.execute(text("UPDATE contacts SET status = 'active', status_reason = NULL"))
 
 
 def _post(client: httpx.Client, body: object) -> None:
@@ -103,13 +77,16 @@ def test_any_order_over_http_gives_the_same_state(client: httpx.Client, db: Engi
         seed=st.integers(0, 2**32),
     )
     def check(events: list[tuple[str, int, int]], seed: int) -> None:
-        bodies = [_event(kind, ids[which], 1000.0 + at) for kind, which, at in events]
-        _reset(db)
+        bodies = [
+            generic_event(kind, ids[which], 1000.0 + at, f"{kind}-{which}-{at}")
+            for kind, which, at in events
+        ]
+        forget_events(db)
         for body in sorted(bodies, key=lambda b: (b["timestamp"], b["event_id"])):
             _post(client, body)
         expected = _settled_state(db)
 
-        _reset(db)
+        forget_events(db)
         rng = random.Random(seed)
         shuffled = bodies + rng.sample(bodies, k=rng.randint(0, len(bodies)))
         rng.shuffle(shuffled)

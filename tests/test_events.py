@@ -17,7 +17,7 @@ from edm import services as services_mod
 from edm import tasks as tasks_mod
 from edm.events import pipeline
 from edm.events.intake import log_request
-from tests.helpers import make_contacts, scalar
+from tests.helpers import forget_events, generic_event, make_contacts, scalar
 
 FACTS = (
     "status",
@@ -64,18 +64,6 @@ def _state(engine: Engine) -> tuple:
     return [tuple(row) for row in subs], [row[0] for row in contacts]
 
 
-def _event(kind: str, sub_task_id: int, at: float, event_id: str) -> dict:
-    if kind in ("hard", "soft"):
-        return {
-            "event": "bounce",
-            "subtask_id": sub_task_id,
-            "timestamp": at,
-            "event_id": event_id,
-            "data": {"bounce_type": kind},
-        }
-    return {"event": kind, "subtask_id": sub_task_id, "timestamp": at, "event_id": event_id}
-
-
 KINDS = ("delivered", "opened", "clicked", "hard", "soft", "complained", "unsubscribed")
 events_strategy = st.lists(
     st.tuples(st.sampled_from(KINDS), st.integers(0, 2), st.integers(1, 50)),
@@ -83,20 +71,6 @@ events_strategy = st.lists(
     max_size=14,
     unique_by=lambda e: (e[0], e[1], e[2]),
 )
-
-
-def _reset(engine: Engine) -> None:
-    with engine.begin() as conn:
-        conn.execute(text("DELETE FROM events"))
-        conn.execute(text("DELETE FROM webhook_requests"))
-        conn.execute(
-            text(
-                "UPDATE sub_tasks SET delivered_at = NULL, opened_at = NULL, open_count = 0,"
-                " clicked_at = NULL, click_count = 0, bounced_at = NULL, bounce_type = NULL,"
-                " complained_at = NULL, unsubscribed_at = NULL"
-            )
-        )
-        conn.execute(text("UPDATE contacts SET status = 'active', status_reason = NULL"))
 
 
 def test_any_order_and_repetition_gives_the_same_state(engine: Engine) -> None:
@@ -110,15 +84,15 @@ def test_any_order_and_repetition_gives_the_same_state(engine: Engine) -> None:
     @given(events=events_strategy, seed=st.integers(0, 2**32))
     def check(events: list[tuple[str, int, int]], seed: int) -> None:
         bodies = [
-            _event(kind, ids[which], 1000.0 + at, f"{kind}-{which}-{at}")
+            generic_event(kind, ids[which], 1000.0 + at, f"{kind}-{which}-{at}")
             for kind, which, at in events
         ]
-        _reset(engine)
+        forget_events(engine)
         for body in sorted(bodies, key=lambda b: (b["timestamp"], b["event_id"])):
             _post(engine, body)
         expected = _state(engine)
 
-        _reset(engine)
+        forget_events(engine)
         rng = random.Random(seed)
         shuffled = bodies + rng.sample(bodies, k=rng.randint(0, len(bodies)))
         rng.shuffle(shuffled)
@@ -154,15 +128,15 @@ def test_facts_counts_and_suppression(engine: Engine) -> None:
     _post(
         engine,
         [
-            _event("opened", first, 1010, "o1"),
-            _event("opened", first, 1005, "o2"),
-            _event("delivered", first, 1003, "d1"),
-            _event("soft", second, 1002, "b1"),
-            _event("hard", second, 1004, "b2"),
-            _event("unsubscribed", second, 1006, "u1"),
+            generic_event("opened", first, 1010, "o1"),
+            generic_event("opened", first, 1005, "o2"),
+            generic_event("delivered", first, 1003, "d1"),
+            generic_event("soft", second, 1002, "b1"),
+            generic_event("hard", second, 1004, "b2"),
+            generic_event("unsubscribed", second, 1006, "u1"),
         ],
     )
-    _post(engine, [_event("opened", first, 1010, "o1")])  # a repeat counts once
+    _post(engine, [generic_event("opened", first, 1010, "o1")])  # a repeat counts once
     with engine.connect() as conn:
         row = conn.execute(text("SELECT * FROM sub_tasks WHERE id = :i"), {"i": first}).one()
         assert (row.opened_at, row.open_count, row.delivered_at) == (1005, 2, 1003)
@@ -195,7 +169,7 @@ def test_a_delivery_settles_an_unknown_outcome_as_sent(engine: Engine) -> None:
             text("UPDATE sub_tasks SET status = 'unknown', sent_at = NULL WHERE id = :i"),
             {"i": first},
         )
-    _post(engine, _event("delivered", first, 1234, "d"))
+    _post(engine, generic_event("delivered", first, 1234, "d"))
     assert scalar(engine, "SELECT status FROM sub_tasks WHERE id = :i", i=first) == "sent"
     assert scalar(engine, "SELECT sent_at FROM sub_tasks WHERE id = :i", i=first) == 1234
 
@@ -279,7 +253,7 @@ def test_a_failure_while_applying_keeps_the_event_to_reprocess(
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(pipeline, "apply_fact", broken)
-    outcome = _post(engine, _event("opened", first, 1500, "o"))
+    outcome = _post(engine, generic_event("opened", first, 1500, "o"))
     assert outcome.by_status == {"error": 1}
     with engine.connect() as conn:
         event = conn.execute(text("SELECT id, status, error FROM events")).one()
@@ -313,7 +287,7 @@ def test_a_body_that_cannot_be_parsed_is_kept_as_invalid(
 
 def test_a_request_left_unprocessed_is_picked_up(engine: Engine) -> None:
     first, *_ = _sent_task(engine)
-    body = json.dumps(_event("delivered", first, 1500, "d")).encode()
+    body = json.dumps(generic_event("delivered", first, 1500, "d")).encode()
     log_request(engine, "generic", {}, body)  # logged, then the process stopped
     report = pipeline.retry_pending(engine, unmatched_retry_seconds=3600, min_age=0)
     assert report.requests == 1
@@ -339,7 +313,7 @@ def test_events_list_and_reprocess_from_the_cli(
     runner = CliRunner()
     first, *_ = _sent_task(engine)
     _post(engine, {"event": "delivered", "timestamp": 5000, "provider_message_id": "late"})
-    _post(engine, _event("opened", first, 1500, "o"))
+    _post(engine, generic_event("opened", first, 1500, "o"))
     listed = json.loads(
         runner.invoke(app, ["events", "list", "--status", "unmatched", "--json"]).stdout
     )
@@ -376,11 +350,14 @@ def test_a_body_nested_too_deeply_is_invalid_not_stuck(engine: Engine) -> None:
 def test_a_batch_of_requests_is_processed_together(engine: Engine) -> None:
     first, second, third = _sent_task(engine)
     bodies = [
-        [_event("opened", first, 1500, "o1"), _event("delivered", second, 1400, "d2")],
-        _event("opened", first, 1500, "o1"),  # a repeat, in another request
+        [
+            generic_event("opened", first, 1500, "o1"),
+            generic_event("delivered", second, 1400, "d2"),
+        ],
+        generic_event("opened", first, 1500, "o1"),  # a repeat, in another request
         b"{broken",
         {"event": "delivered", "timestamp": 9, "provider_message_id": "nobody"},
-        _event("hard", third, 1600, "b3"),
+        generic_event("hard", third, 1600, "b3"),
     ]
     for body in bodies:
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -418,9 +395,9 @@ def test_contact_rules_for_bounces(engine: Engine, env: dict[str, str]) -> None:
     # more than 30 days, do not.
     day = 86400.0
     for i, at in enumerate((0, 10 * day, 45 * day)):
-        _post(engine, _event("soft", second, 1e6 + at, f"s2-{i}"))
+        _post(engine, generic_event("soft", second, 1e6 + at, f"s2-{i}"))
     assert scalar(engine, "SELECT status FROM contacts WHERE id = 2") == "active"
     for i, at in enumerate((0, 10 * day, 29 * day)):
-        _post(engine, _event("soft", third, 1e6 + at, f"s3-{i}"))
+        _post(engine, generic_event("soft", third, 1e6 + at, f"s3-{i}"))
     assert scalar(engine, "SELECT status FROM contacts WHERE id = 3") == "bounced"
     assert scalar(engine, "SELECT status_reason FROM contacts WHERE id = 3") == "3 soft bounces"

@@ -115,17 +115,6 @@ def task_create(
         out.print(f"task {task_id} created" + (" and started" if start else ""))
 
 
-# Sub-task statuses in the order a task moves through them.
-STATUS_ORDER = (
-    "pending",
-    "allocated",
-    "sending",
-    "sent",
-    "unknown",
-    "failed",
-    "skipped",
-    "cancelled",
-)
 WATCH_SECONDS = 1.0
 
 
@@ -160,8 +149,12 @@ def task_list(as_json: Json = False) -> None:
 
 def _counts(view) -> str:  # type: ignore[no-untyped-def]
     """Every status a task's sub-tasks are in, in lifecycle order."""
+    from edm.db.models import SUBTASK_STATUSES
+
     return ", ".join(
-        f"{status} {view.counts[status]:,}" for status in STATUS_ORDER if view.counts.get(status)
+        f"{status} {view.counts[status]:,}"
+        for status in SUBTASK_STATUSES  # the order a task moves through them
+        if view.counts.get(status)
     )
 
 
