@@ -31,6 +31,8 @@ class Listener:
     def __init__(self, engine: Engine, on_notify: Callable[[str], None]) -> None:
         self.url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         self.on_notify = on_notify
+        # Set while LISTEN is in force: a NOTIFY sent before then is not heard.
+        self.ready = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="edm-listen", daemon=True)
 
@@ -47,9 +49,11 @@ class Listener:
             try:
                 with psycopg.connect(self.url, autocommit=True) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
+                    self.ready.set()
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=0.5):
                             self.on_notify(note.payload)
             except psycopg.Error as exc:
+                self.ready.clear()
                 log.warning("LISTEN connection lost (%s); retrying", exc)
                 self._stop.wait(1.0)

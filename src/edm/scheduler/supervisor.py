@@ -34,6 +34,8 @@ from edm.scheduler.worker import ServiceInfo, ServiceWorker
 
 log = logging.getLogger(__name__)
 
+# How long start-up waits for the LISTEN connection before going on without it.
+LISTEN_READY_SECONDS = 5.0
 # Where the API receives events in our generic format (docs/webhooks.md).
 GENERIC_WEBHOOK_PATH = "/api/webhooks/generic"
 
@@ -116,6 +118,9 @@ class Supervisor:
         if self.engine.dialect.name == "postgresql":
             listener = Listener(self.engine, self.on_notify)
             listener.start()
+            # Listening before "started" is said: work added after it wakes the workers.
+            # Should the database be slow, the idle poll still finds the work.
+            await asyncio.to_thread(listener.ready.wait, LISTEN_READY_SECONDS)
         try:
             await self._sync()
             message = f"started {self.snapshot.running}/{self.snapshot.wanted} services"
