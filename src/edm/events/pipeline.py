@@ -3,8 +3,10 @@
 Each step is named once here. The request is already in the event log (`intake`); a
 request that cannot be parsed is marked `invalid` and kept. Each event is recorded once
 (`events` is unique by provider and key; a repeat only counts), then matched and applied
-in one transaction that also marks it `applied`, so nothing is ever half-applied. An
-event that matches nothing is `unmatched` and tried again by upkeep; one whose apply
+together with its `applied` mark (under a savepoint when many are applied in one
+transaction), so nothing is ever half-applied. Requests go through one path, whether a
+batch of them (`process_batch`, the serving process's processor) or one (`process_request`,
+upkeep's retry): claim, record, apply, finish. An event that matches nothing is `unmatched` and tried again by upkeep; one whose apply
 failed keeps the error and can be reprocessed.
 """
 
@@ -28,6 +30,9 @@ log = logging.getLogger(__name__)
 
 # A request still `processing` after this long was left by a process that stopped.
 STALE_PROCESSING_SECONDS = 60.0
+# How many logged requests one batch takes. Each step of a batch is one transaction for all
+# its requests, which is what lets intake keep up on SQLite's single writer.
+BATCH_REQUESTS = 100
 # Errors kept on an event are cut to this many characters.
 ERROR_CHARS = 500
 # An event whose apply failed is tried again by upkeep this many times in all, then waits
@@ -47,34 +52,15 @@ class RequestOutcome:
 
 
 def process_request(engine: Engine, request_id: int) -> RequestOutcome:
-    dialect = engine.dialect.name
+    """Process one logged request (upkeep's retry of a request a stopped process left)."""
     with engine.begin() as conn:
         claimed = conn.execute(
-            query(eq.CLAIM_REQUEST, dialect), {"id": request_id, "stale": STALE_PROCESSING_SECONDS}
+            query(eq.CLAIM_REQUEST, engine.dialect.name),
+            {"id": request_id, "stale": STALE_PROCESSING_SECONDS},
         ).first()
     if claimed is None:
         return RequestOutcome("skipped")
-    try:
-        parsed = _parse(claimed.provider, claimed.body)
-    except WebhookParseError as exc:
-        _finish(engine, request_id, "invalid", str(exc))
-        log.info(
-            "webhook request %s invalid: %s",
-            request_id,
-            exc,
-            extra={"action": "webhook_invalid", "request_id": request_id},
-        )
-        return RequestOutcome("invalid", str(exc))
-    outcome = RequestOutcome("processed", events=len(parsed))
-    new_ids = _record(engine, request_id, claimed.provider, parsed, outcome)
-    for event_id in new_ids:
-        status = apply_event(engine, event_id)
-        outcome.by_status[status] = outcome.by_status.get(status, 0) + 1
-    ignored = len(parsed) - len(new_ids) - outcome.duplicates
-    if ignored:
-        outcome.by_status[IGNORED] = ignored
-    _finish(engine, request_id, "processed", None)
-    return outcome
+    return _process_claimed(engine, [(request_id, claimed.provider, claimed.body)])[request_id]
 
 
 def _parse(provider: str, body: str) -> list[ParsedEvent]:
@@ -93,23 +79,13 @@ def _parse(provider: str, body: str) -> list[ParsedEvent]:
     return events
 
 
-def _record(
-    engine: Engine,
-    request_id: int,
-    provider: str,
-    parsed: list[ParsedEvent],
-    outcome: RequestOutcome,
-) -> list[int]:
-    """Insert each fact once; the ids of the new ones that are to be applied."""
-    with engine.begin() as conn:
-        return _record_in(conn, [(request_id, provider, event) for event in parsed], outcome)
-
-
 def _record_in(
-    conn: Connection, items: list[tuple[int, str, ParsedEvent]], outcome: RequestOutcome
-) -> list[int]:
+    conn: Connection, items: list[tuple[int, str, ParsedEvent]], outcomes: dict[int, RequestOutcome]
+) -> list[tuple[int, int]]:
+    """Insert each fact once; (request id, event id) of the new ones that are to be applied.
+    A repeat is counted on the event and in its request's outcome."""
     dialect = conn.dialect.name
-    new_ids: list[int] = []
+    new: list[tuple[int, int]] = []
     # In key order, so two requests holding the same facts lock them in the same order.
     for request_id, provider, event in sorted(items, key=lambda i: (i[1], i[2].dedupe_key)):
         params = {
@@ -127,12 +103,15 @@ def _record_in(
             "data": json.dumps(event.data),
         }
         inserted = conn.execute(query(eq.INSERT_EVENT, dialect), params).scalar()
+        outcome = outcomes[request_id]
         if inserted is None:
             conn.execute(query(eq.COUNT_DUPLICATE, dialect), params)
             outcome.duplicates += 1
-        elif event.event != IGNORED:
-            new_ids.append(int(inserted))
-    return new_ids
+        elif event.event == IGNORED:
+            outcome.by_status[IGNORED] = outcome.by_status.get(IGNORED, 0) + 1
+        else:
+            new.append((request_id, int(inserted)))
+    return new
 
 
 def apply_event(engine: Engine, event_id: int) -> str:
@@ -216,14 +195,6 @@ def _settle(
     )
 
 
-def _finish(engine: Engine, request_id: int, status: str, error: str | None) -> None:
-    with engine.begin() as conn:
-        conn.execute(
-            query(eq.FINISH_REQUEST, engine.dialect.name),
-            {"id": request_id, "status": status, "error": error and error[:ERROR_CHARS]},
-        )
-
-
 @dataclass
 class RetryReport:
     requests: int = 0
@@ -283,61 +254,75 @@ def reprocess(engine: Engine, event_ids: list[int]) -> dict[str, int]:
 
 
 # -- many requests at once -------------------------------------------------------------------
-# How many logged requests one batch takes. Each step of a batch is one transaction for all
-# its requests, which is what lets intake keep up on SQLite's single writer.
-BATCH_REQUESTS = 100
-
-
 def process_batch(engine: Engine, limit: int = BATCH_REQUESTS) -> int:
-    """Process up to `limit` logged requests in four transactions: claim them, record
-    their facts, apply those (each under a savepoint), mark the requests. Returns how
-    many requests it took; 0 when none was waiting."""
-    dialect = engine.dialect.name
+    """Process up to `limit` logged requests; how many it took (0: none was waiting)."""
     with engine.begin() as conn:
-        claimed = conn.execute(query(eq.CLAIM_REQUESTS, dialect), {"limit": limit}).all()
-    if not claimed:
-        return 0
-    items: list[tuple[int, str, ParsedEvent]] = []
-    invalid: dict[int, str] = {}
-    for request in claimed:
-        try:
-            items += [
-                (request.id, request.provider, e) for e in _parse(request.provider, request.body)
-            ]
-        except WebhookParseError as exc:
-            invalid[request.id] = str(exc)
-    with engine.begin() as conn:
-        new_ids = _record_in(conn, items, RequestOutcome("processed"))
-    try:
-        with engine.begin() as conn:
-            _apply_all(conn, new_ids)
-    except Exception as exc:  # a deadlock or a lost connection: one at a time instead
-        log.warning(
-            "a batch of %d events failed together (%s); applying them one by one",
-            len(new_ids),
-            exc,
-            extra={"action": "event_batch_failed"},
-        )
-        for event_id in new_ids:
-            apply_event(engine, event_id)
-    with engine.begin() as conn:
-        for request in claimed:
-            error = invalid.get(request.id)
-            conn.execute(
-                query(eq.FINISH_REQUEST, dialect),
-                {
-                    "id": request.id,
-                    "status": "invalid" if error else "processed",
-                    "error": error and error[:ERROR_CHARS],
-                },
-            )
+        claimed = conn.execute(
+            query(eq.CLAIM_REQUESTS, engine.dialect.name), {"limit": limit}
+        ).all()
+    if claimed:
+        _process_claimed(engine, [(r.id, r.provider, r.body) for r in claimed])
     return len(claimed)
 
 
-def _apply_all(conn: Connection, event_ids: list[int]) -> None:
+def _process_claimed(
+    engine: Engine, claimed: list[tuple[int, str, str]]
+) -> dict[int, RequestOutcome]:
+    """Claimed requests (id, provider, body) in three more transactions: record their
+    facts, apply those (each under a savepoint), mark the requests."""
+    outcomes: dict[int, RequestOutcome] = {}
+    items: list[tuple[int, str, ParsedEvent]] = []
+    for request_id, provider, body in claimed:
+        try:
+            parsed = _parse(provider, body)
+        except WebhookParseError as exc:
+            outcomes[request_id] = RequestOutcome("invalid", str(exc))
+            log.info(
+                "webhook request %s invalid: %s",
+                request_id,
+                exc,
+                extra={"action": "webhook_invalid", "request_id": request_id},
+            )
+            continue
+        outcomes[request_id] = RequestOutcome("processed", events=len(parsed))
+        items += [(request_id, provider, event) for event in parsed]
+    with engine.begin() as conn:
+        new = _record_in(conn, items, outcomes)
+    event_ids = [event_id for _, event_id in new]
+    try:
+        with engine.begin() as conn:
+            statuses = _apply_all(conn, event_ids)
+    except Exception as exc:  # a deadlock or a lost connection: one at a time instead
+        log.warning(
+            "a batch of %d events failed together (%s); applying them one by one",
+            len(event_ids),
+            exc,
+            extra={"action": "event_batch_failed"},
+        )
+        statuses = {event_id: apply_event(engine, event_id) for event_id in event_ids}
+    for request_id, event_id in new:
+        by_status = outcomes[request_id].by_status
+        status = statuses.get(event_id, "skipped")
+        by_status[status] = by_status.get(status, 0) + 1
+    with engine.begin() as conn:
+        for request_id, outcome in outcomes.items():
+            conn.execute(
+                query(eq.FINISH_REQUEST, engine.dialect.name),
+                {
+                    "id": request_id,
+                    "status": outcome.status,
+                    "error": outcome.error and outcome.error[:ERROR_CHARS],
+                },
+            )
+    return outcomes
+
+
+def _apply_all(conn: Connection, event_ids: list[int]) -> dict[int, str]:
     """Match every event, then apply them in sub-task order (so two processors lock rows
-    in the same order), each under a savepoint: one that fails is marked `error` alone."""
+    in the same order), each under a savepoint: one that fails is marked `error` alone.
+    Each event's status afterwards."""
     dialect = conn.dialect.name
+    statuses: dict[int, str] = {}
     matched = []
     for event_id in sorted(event_ids):
         event = conn.execute(query(eq.EVENT_TO_APPLY, dialect), {"id": event_id}).first()
@@ -346,6 +331,7 @@ def _apply_all(conn: Connection, event_ids: list[int]) -> None:
         found = match(conn, event)
         if found is None:
             _settle(conn, event_id, "unmatched")
+            statuses[event_id] = "unmatched"
         else:
             matched.append((found.sub_task_id, event_id, found.strategy, event))
     for sub_task_id, event_id, strategy, event in sorted(matched, key=lambda m: (m[0], m[1])):
@@ -353,5 +339,8 @@ def _apply_all(conn: Connection, event_ids: list[int]) -> None:
             with conn.begin_nested():
                 _apply(conn, sub_task_id, event)
                 _settle(conn, event_id, "applied", sub_task_id, strategy)
+            statuses[event_id] = "applied"
         except Exception as exc:
             _settle_failed(conn, event_id, exc)
+            statuses[event_id] = "error"
+    return statuses
