@@ -6,8 +6,9 @@ request that cannot be parsed is marked `invalid` and kept. Each event is record
 together with its `applied` mark (under a savepoint when many are applied in one
 transaction), so nothing is ever half-applied. Requests go through one path, whether a
 batch of them (`process_batch`, the serving process's processor) or one (`process_request`,
-upkeep's retry): claim, record, apply, finish. An event that matches nothing is `unmatched` and tried again by upkeep; one whose apply
-failed keeps the error and can be reprocessed.
+upkeep's retry): claim, record, apply, finish. An event that matches nothing is
+`unmatched` and tried again by upkeep; one whose apply failed keeps the error and can be
+reprocessed.
 """
 
 from __future__ import annotations
