@@ -252,7 +252,7 @@ def test_a_failure_while_applying_keeps_the_event_to_reprocess(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(pipeline, "apply_fact", broken)
+    monkeypatch.setattr(pipeline, "apply_facts", broken)
     outcome = _post(engine, generic_event("opened", first, 1500, "o"))
     assert outcome.by_status == {"error": 1}
     with engine.connect() as conn:
@@ -376,6 +376,33 @@ def test_a_batch_of_requests_is_processed_together(engine: Engine) -> None:
     }
     assert scalar(engine, "SELECT open_count FROM sub_tasks WHERE id = :i", i=first) == 1
     assert scalar(engine, "SELECT status FROM contacts WHERE id = 3") == "bounced"
+
+
+def test_one_batch_counts_each_fact_once_and_sees_its_own_soft_bounces(engine: Engine) -> None:
+    first, second, _ = _sent_task(engine)
+    day = 86400.0
+    bodies = [
+        [
+            generic_event("opened", first, 1500, "o1"),
+            generic_event("opened", first, 1700, "o2"),
+            generic_event("opened", first, 1500, "o1"),  # a repeat inside one request
+        ],
+        [generic_event("soft", second, 1e6, "s1"), generic_event("soft", second, 1e6 + day, "s2")],
+        [
+            generic_event("soft", second, 1e6 + 2 * day, "s3"),
+            generic_event("opened", first, 1700, "o2"),
+        ],
+    ]
+    for body in bodies:
+        log_request(engine, "generic", {}, json.dumps(body).encode())
+    assert pipeline.process_batch(engine) == 3
+    assert scalar(engine, "SELECT open_count FROM sub_tasks WHERE id = :i", i=first) == 2
+    assert scalar(engine, "SELECT opened_at FROM sub_tasks WHERE id = :i", i=first) == 1500
+    with engine.connect() as conn:
+        duplicates = dict(conn.execute(text("SELECT dedupe_key, duplicates FROM events")).all())
+    assert duplicates == {"id:o1": 1, "id:o2": 1, "id:s1": 0, "id:s2": 0, "id:s3": 0}
+    # The three soft bounces arrived together, and together they reach the limit.
+    assert scalar(engine, "SELECT status FROM contacts WHERE id = 2") == "bounced"
 
 
 def test_contact_rules_for_bounces(engine: Engine, env: dict[str, str]) -> None:

@@ -9,6 +9,8 @@ a fixed order.
 
 from __future__ import annotations
 
+from functools import cache
+
 from edm.db.queries import both, each
 
 # -- the event log ---------------------------------------------------------------------------------
@@ -36,39 +38,53 @@ UNPROCESSED_REQUESTS = both("""
     ORDER BY id LIMIT :limit""")
 
 # -- one fact, once: a repeat only counts ----------------------------------------------------------
-INSERT_EVENT = both("""
-    INSERT INTO events (request_id, provider, dedupe_key, event, occurred_at, status,
-                        ref_sub_task_id, ref_task_id, provider_message_id, message_id,
-                        recipient, data, created_at)
-    VALUES (:request_id, :provider, :dedupe_key, :event, :occurred_at, :status,
-            :ref_sub_task_id, :ref_task_id, :provider_message_id, :message_id,
-            :recipient, :data, {now})
+_EVENT_COLUMNS = (
+    "request_id", "provider", "dedupe_key", "event", "occurred_at", "status", "ref_sub_task_id",
+    "ref_task_id", "provider_message_id", "message_id", "recipient", "data",
+)  # fmt: skip
+
+
+@cache
+def insert_events(count: int) -> dict[str, str]:
+    """Insert `count` facts in one statement, each once: parameters `:<column>_<n>`; returns
+    the id, provider and key of each row inserted (a repeat of a stored fact returns none)."""
+    rows = ",\n           ".join(
+        "(" + ", ".join(f":{column}_{n}" for column in _EVENT_COLUMNS) + ", {now})"
+        for n in range(count)
+    )
+    return both(f"""
+    INSERT INTO events ({", ".join(_EVENT_COLUMNS)}, created_at)
+    VALUES {rows}
     ON CONFLICT (provider, dedupe_key) DO NOTHING
-    RETURNING id""")
+    RETURNING id, provider, dedupe_key""")
+
 
 COUNT_DUPLICATE = both("""
     UPDATE events SET duplicates = duplicates + 1
     WHERE provider = :provider AND dedupe_key = :dedupe_key""")
 
-# The event to apply, locked: a second applier waits, then finds it no longer waiting.
-# (Not SKIP LOCKED: a request counting a duplicate of it holds its row for a moment, and
-# skipping then would leave the event unapplied until upkeep came by.)
-EVENT_TO_APPLY = each(
+# The events to apply, locked in id order: a second applier waits, then finds them no longer
+# waiting. (Not SKIP LOCKED: a request counting a duplicate of one holds its row for a
+# moment, and skipping then would leave the event unapplied until upkeep came by.)
+EVENTS_TO_APPLY = each(
     {
         "postgresql": """
-        SELECT * FROM events WHERE id = :id
-          AND status IN ('received', 'unmatched', 'error') FOR UPDATE""",
+        SELECT * FROM events WHERE id IN :ids
+          AND status IN ('received', 'unmatched', 'error') ORDER BY id FOR UPDATE""",
         "sqlite": """
-        SELECT * FROM events WHERE id = :id AND status IN ('received', 'unmatched', 'error')""",
+        SELECT * FROM events WHERE id IN :ids
+          AND status IN ('received', 'unmatched', 'error') ORDER BY id""",
     }
 )
 
+# Only an event still waiting: an error met after another process applied it must not
+# reopen it (a reprocess would then count it twice).
 SETTLE_EVENT = both("""
     UPDATE events
     SET status = :status, sub_task_id = :sub_task_id, matched_by = :matched_by,
         attempts = attempts + 1, error = :error,
         applied_at = CASE WHEN :applied THEN {now} ELSE applied_at END
-    WHERE id = :id""")
+    WHERE id = :id AND status IN ('received', 'unmatched', 'error')""")
 
 EVENTS_TO_RETRY = both("""
     SELECT id FROM events
@@ -82,10 +98,13 @@ GIVE_UP_UNMATCHED = both("""
     WHERE status = 'unmatched' AND created_at < {now} - :retry_seconds""")
 
 # -- matching, in the order of DESIGN.md's "Webhook resolution" ------------------------------------
-MATCH_BY_SUB_TASK = both("SELECT id FROM sub_tasks WHERE id = :value")
+# The first three take many values at once: (value, sub-task id) for each value found.
+MATCH_BY_SUB_TASK = both("SELECT id AS value, id FROM sub_tasks WHERE id IN :values")
 MATCH_BY_PROVIDER_ID = both("""
-    SELECT id FROM sub_tasks WHERE provider_message_id = :value ORDER BY id LIMIT 1""")
-MATCH_BY_KEY = both("SELECT id FROM sub_tasks WHERE idempotency_key = :value")
+    SELECT provider_message_id AS value, min(id) AS id FROM sub_tasks
+    WHERE provider_message_id IN :values GROUP BY provider_message_id""")
+MATCH_BY_KEY = both("""
+    SELECT idempotency_key AS value, id FROM sub_tasks WHERE idempotency_key IN :values""")
 MATCH_BY_TASK_AND_RECIPIENT = both("""
     SELECT s.id FROM sub_tasks s JOIN contacts c ON c.id = s.contact_id
     WHERE s.task_id = :task_id AND c.email = :recipient""")
@@ -95,6 +114,15 @@ MATCH_BY_RECENT_RECIPIENT = both("""
     ORDER BY s.sent_at DESC, s.id DESC LIMIT 1""")
 
 # -- applying facts --------------------------------------------------------------------------------
+# The sub-tasks a batch of facts is about, locked in id order before any is written, so two
+# appliers never wait on each other in a circle. (SQLite's writer lock does this already.)
+LOCK_SUB_TASKS = each(
+    {
+        "postgresql": "SELECT id FROM sub_tasks WHERE id IN :ids ORDER BY id FOR UPDATE",
+        "sqlite": "SELECT id FROM sub_tasks WHERE id IN :ids",
+    }
+)
+
 # The provider has the message: a sub-task whose outcome we did not know, or that waits for
 # a resend of it, is sent. Rows under a lease are left to their worker (its fence).
 _PROMOTE = """

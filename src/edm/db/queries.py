@@ -414,7 +414,7 @@ def query(sql_by_dialect: dict[str, str], dialect: str, *expanding: str) -> Text
     return _statement(sql_by_dialect[dialect], expanding)
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=1024)
 def _statement(sql: str, expanding: tuple[str, ...]) -> TextClause:
     statement = text(sql)
     if expanding:

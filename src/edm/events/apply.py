@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection
 
@@ -18,43 +19,70 @@ SUPPRESSES = {
 }
 
 
-def apply_fact(
-    conn: Connection,
-    sub_task_id: int,
-    event: str,
-    occurred_at: float,
-    provider_message_id: str | None = None,
-    data: dict | None = None,
-    soft_bounces: SoftBounceLimit | None = None,
+@dataclass(frozen=True)
+class Fact:
+    """One recorded event, matched to its sub-task."""
+
+    sub_task_id: int
+    event: str
+    occurred_at: float
+    provider_message_id: str | None = None
+    data: dict[str, Any] | None = None
+
+
+def apply_facts(
+    conn: Connection, facts: list[Fact], soft_bounces: SoftBounceLimit | None = None
 ) -> None:
+    """Apply facts in the caller's transaction, after their events are marked applied (so a
+    contact's soft bounces count those of this batch too).
+
+    Facts about sub-tasks commute (first-seen times take the minimum, counters add), so
+    each kind is one statement for all its facts; the contact rules then run fact by fact.
+    """
     dialect = conn.dialect.name
-    conn.execute(
-        query(eq.APPLY_FACT[event], dialect),
-        {"id": sub_task_id, "at": occurred_at, "provider_message_id": provider_message_id},
-    )
-    suppression = SUPPRESSES.get(event)
-    if event == "hard_bounce" and (data or {}).get("address_invalid") is True:
-        suppression = ("invalid", "the address does not exist")
-    if event == "soft_bounce" and soft_bounces is not None:
-        conn.execute(query(eq.LOCK_CONTACT_OF, dialect), {"sub_task_id": sub_task_id})
-        times = list(
-            conn.execute(
-                query(eq.CONTACT_SOFT_BOUNCES, dialect), {"sub_task_id": sub_task_id}
-            ).scalars()
-        )
-        if soft_bounces.reached([*times, occurred_at]):
-            suppression = ("bounced", f"{soft_bounces.limit} soft bounces")
-    if suppression:
-        status, reason = suppression
-        conn.execute(
-            query(eq.SUPPRESS_CONTACT, dialect),
+    ordered = sorted(facts, key=lambda fact: fact.sub_task_id)
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for fact in ordered:
+        by_kind.setdefault(fact.event, []).append(
             {
-                "sub_task_id": sub_task_id,
-                "status": status,
-                "reason": reason,
-                "rank": eq.SUPPRESSION_RANK[status],
-            },
+                "id": fact.sub_task_id,
+                "at": fact.occurred_at,
+                "provider_message_id": fact.provider_message_id,
+            }
         )
+    for kind, params in by_kind.items():
+        conn.execute(query(eq.APPLY_FACT[kind], dialect), params)
+    for fact in ordered:
+        suppression = _suppression(conn, fact, soft_bounces)
+        if suppression:
+            status, reason = suppression
+            conn.execute(
+                query(eq.SUPPRESS_CONTACT, dialect),
+                {
+                    "sub_task_id": fact.sub_task_id,
+                    "status": status,
+                    "reason": reason,
+                    "rank": eq.SUPPRESSION_RANK[status],
+                },
+            )
+
+
+def _suppression(
+    conn: Connection, fact: Fact, soft_bounces: SoftBounceLimit | None
+) -> tuple[str, str] | None:
+    """The (status, reason) this fact gives its contact, if any."""
+    if fact.event == "hard_bounce" and (fact.data or {}).get("address_invalid") is True:
+        return ("invalid", "the address does not exist")
+    if fact.event == "soft_bounce" and soft_bounces is not None:
+        dialect = conn.dialect.name
+        conn.execute(query(eq.LOCK_CONTACT_OF, dialect), {"sub_task_id": fact.sub_task_id})
+        times = conn.execute(
+            query(eq.CONTACT_SOFT_BOUNCES, dialect), {"sub_task_id": fact.sub_task_id}
+        ).scalars()
+        if soft_bounces.reached([*times, fact.occurred_at]):
+            return ("bounced", f"{soft_bounces.limit} soft bounces")
+        return None
+    return SUPPRESSES.get(fact.event)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ our own ids are trusted over the provider's, and both over a guess by address.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Connection
@@ -26,42 +27,56 @@ class Match:
     strategy: str  # sub_task_id | provider_message_id | message_id | task_recipient | recipient
 
 
-def match(conn: Connection, event) -> Match | None:  # type: ignore[no-untyped-def]
-    """`event` is a row of `events` (its ref_* columns and identifiers)."""
+# The strategies that look a value up, in order, each one query for many events.
+_BY_VALUE = (
+    ("sub_task_id", eq.MATCH_BY_SUB_TASK, lambda event: event.ref_sub_task_id),
+    ("provider_message_id", eq.MATCH_BY_PROVIDER_ID, lambda event: event.provider_message_id),
+    ("message_id", eq.MATCH_BY_KEY, lambda event: _idempotency_key(event.message_id)),
+)
+
+
+def match_events(conn: Connection, events: Sequence) -> dict[int, Match]:  # type: ignore[type-arg]
+    """The sub-task of each event that has one, by event id. `events` are rows of `events`
+    (their ref_* columns and identifiers); a batch costs one query per strategy, not one
+    per event, except for the guesses by address."""
     dialect = conn.dialect.name
+    found: dict[int, Match] = {}
+    waiting = list(events)
+    for strategy, statement, value_of in _BY_VALUE:
+        values = {value_of(event) for event in waiting} - {None, ""}
+        if not values:
+            continue
+        rows = conn.execute(query(statement, dialect, "values"), {"values": sorted(values)})
+        hits = {value: sub_task_id for value, sub_task_id in rows}
+        for event in waiting:
+            sub_task_id = hits.get(value_of(event))
+            if sub_task_id is not None:
+                found[event.id] = Match(int(sub_task_id), strategy)
+        waiting = [event for event in waiting if event.id not in found]
+    for event in waiting:
+        guess = _by_recipient(conn, event)
+        if guess is not None:
+            found[event.id] = guess
+    return found
 
-    def first(statement: dict[str, str], **params: object) -> int | None:
-        return conn.execute(query(statement, dialect), params).scalar()
 
-    if event.ref_sub_task_id is not None:
-        found = first(eq.MATCH_BY_SUB_TASK, value=event.ref_sub_task_id)
-        if found is not None:
-            return Match(found, "sub_task_id")
-    if event.provider_message_id:
-        found = first(eq.MATCH_BY_PROVIDER_ID, value=event.provider_message_id)
-        if found is not None:
-            return Match(found, "provider_message_id")
-    key = _idempotency_key(event.message_id)
-    if key:
-        found = first(eq.MATCH_BY_KEY, value=key)
-        if found is not None:
-            return Match(found, "message_id")
+def _by_recipient(conn: Connection, event) -> Match | None:  # type: ignore[no-untyped-def]
+    dialect = conn.dialect.name
     recipient = (event.recipient or "").strip().lower() or None
-    if recipient and event.ref_task_id is not None:
-        found = first(
-            eq.MATCH_BY_TASK_AND_RECIPIENT, task_id=event.ref_task_id, recipient=recipient
-        )
+    if recipient is None:
+        return None
+    if event.ref_task_id is not None:
+        found = conn.execute(
+            query(eq.MATCH_BY_TASK_AND_RECIPIENT, dialect),
+            {"task_id": event.ref_task_id, "recipient": recipient},
+        ).scalar()
         if found is not None:
             return Match(found, "task_recipient")
-    if recipient:
-        found = first(
-            eq.MATCH_BY_RECENT_RECIPIENT,
-            recipient=recipient,
-            window=RECENT_RECIPIENT_WINDOW_SECONDS,
-        )
-        if found is not None:
-            return Match(found, "recipient")
-    return None
+    found = conn.execute(
+        query(eq.MATCH_BY_RECENT_RECIPIENT, dialect),
+        {"recipient": recipient, "window": RECENT_RECIPIENT_WINDOW_SECONDS},
+    ).scalar()
+    return Match(found, "recipient") if found is not None else None
 
 
 def _idempotency_key(message_id: str | None) -> str | None:

@@ -13,7 +13,7 @@ from sqlalchemy import Engine, select
 from edm.db import event_queries as eq
 from edm.db.models import Contact, SubTask
 from edm.db.queries import query
-from edm.events.pipeline import apply_event
+from edm.events.pipeline import apply_event, insert_facts
 
 PROVIDER = "edm"
 
@@ -37,7 +37,7 @@ def record_unsubscribe(engine: Engine, sub_task_id: int) -> str:
         "data": json.dumps({"source": "unsubscribe link"}),
     }
     with engine.begin() as conn:
-        event_id = conn.execute(query(eq.INSERT_EVENT, engine.dialect.name), params).scalar()
+        event_id = insert_facts(conn, [params]).get((PROVIDER, params["dedupe_key"]))
         if event_id is None:
             conn.execute(query(eq.COUNT_DUPLICATE, engine.dialect.name), params)
             earlier = conn.execute(query(eq.EVENT_BY_KEY, engine.dialect.name), params).one()

@@ -3,8 +3,8 @@
 Each step is named once here. The request is already in the event log (`intake`); a
 request that cannot be parsed is marked `invalid` and kept. Each event is recorded once
 (`events` is unique by provider and key; a repeat only counts), then matched and applied
-together with its `applied` mark (under a savepoint when many are applied in one
-transaction), so nothing is ever half-applied. Requests go through one path, whether a
+together with its `applied` mark, so nothing is ever half-applied; a batch of events costs
+a few statements, not a few per event. Requests go through one path, whether a
 batch of them (`process_batch`, the serving process's processor) or one (`process_request`,
 upkeep's retry): claim, record, apply, finish. An event that matches nothing is
 `unmatched` and tried again by upkeep; one whose apply failed keeps the error and can be
@@ -16,14 +16,15 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import Connection, Engine
 
 from edm.config import get_settings
 from edm.db import event_queries as eq
 from edm.db.queries import query
-from edm.events.apply import SoftBounceLimit, apply_fact
-from edm.events.matching import match
+from edm.events.apply import Fact, SoftBounceLimit, apply_facts
+from edm.events.matching import match_events
 from edm.events.parsers.base import IGNORED, ParsedEvent, WebhookParseError, decode_json
 from edm.events.parsers.registry import parser_for
 
@@ -34,6 +35,10 @@ STALE_PROCESSING_SECONDS = 60.0
 # How many logged requests one batch takes. Each step of a batch is one transaction for all
 # its requests, which is what lets intake keep up on SQLite's single writer.
 BATCH_REQUESTS = 100
+# Rows per INSERT of new facts, and events per apply transaction (bounds a statement's
+# parameters on SQLite, and what one failure sends back to be applied one by one).
+INSERT_ROWS = 100
+APPLY_EVENTS = 500
 # Errors kept on an event are cut to this many characters.
 ERROR_CHARS = 500
 # An event whose apply failed is tried again by upkeep this many times in all, then waits
@@ -84,35 +89,69 @@ def _record_in(
     conn: Connection, items: list[tuple[int, str, ParsedEvent]], outcomes: dict[int, RequestOutcome]
 ) -> list[tuple[int, int]]:
     """Insert each fact once; (request id, event id) of the new ones that are to be applied.
-    A repeat is counted on the event and in its request's outcome."""
-    dialect = conn.dialect.name
-    new: list[tuple[int, int]] = []
-    # In key order, so two requests holding the same facts lock them in the same order.
+    A repeat, in this batch or of a stored fact, is counted on the event and in its
+    request's outcome."""
+    first: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
+    repeats: list[tuple[int, dict[str, Any]]] = []
+    # In key order, so two batches holding the same facts lock them in the same order.
     for request_id, provider, event in sorted(items, key=lambda i: (i[1], i[2].dedupe_key)):
-        params = {
-            "request_id": request_id,
-            "provider": provider,
-            "dedupe_key": event.dedupe_key,
-            "event": event.event,
-            "occurred_at": event.occurred_at,
-            "status": IGNORED if event.event == IGNORED else "received",
-            "ref_sub_task_id": event.sub_task_id,
-            "ref_task_id": event.task_id,
-            "provider_message_id": event.provider_message_id,
-            "message_id": event.message_id,
-            "recipient": event.recipient,
-            "data": json.dumps(event.data),
-        }
-        inserted = conn.execute(query(eq.INSERT_EVENT, dialect), params).scalar()
-        outcome = outcomes[request_id]
-        if inserted is None:
-            conn.execute(query(eq.COUNT_DUPLICATE, dialect), params)
-            outcome.duplicates += 1
-        elif event.event == IGNORED:
-            outcome.by_status[IGNORED] = outcome.by_status.get(IGNORED, 0) + 1
+        row = _event_row(request_id, provider, event)
+        key = (provider, event.dedupe_key)
+        if key in first:
+            repeats.append((request_id, row))
         else:
-            new.append((request_id, int(inserted)))
+            first[key] = (request_id, row)
+    inserted = insert_facts(conn, [row for _, row in first.values()])
+    new: list[tuple[int, int]] = []
+    for key, (request_id, row) in first.items():
+        if key not in inserted:
+            repeats.append((request_id, row))
+        elif row["status"] == IGNORED:
+            by_status = outcomes[request_id].by_status
+            by_status[IGNORED] = by_status.get(IGNORED, 0) + 1
+        else:
+            new.append((request_id, inserted[key]))
+    repeats.sort(key=lambda repeat: (repeat[1]["provider"], repeat[1]["dedupe_key"]))
+    if repeats:
+        conn.execute(
+            query(eq.COUNT_DUPLICATE, conn.dialect.name),
+            [{"provider": r["provider"], "dedupe_key": r["dedupe_key"]} for _, r in repeats],
+        )
+    for request_id, _ in repeats:
+        outcomes[request_id].duplicates += 1
     return new
+
+
+def _event_row(request_id: int | None, provider: str, event: ParsedEvent) -> dict[str, Any]:
+    return {
+        "request_id": request_id,
+        "provider": provider,
+        "dedupe_key": event.dedupe_key,
+        "event": event.event,
+        "occurred_at": event.occurred_at,
+        "status": IGNORED if event.event == IGNORED else "received",
+        "ref_sub_task_id": event.sub_task_id,
+        "ref_task_id": event.task_id,
+        "provider_message_id": event.provider_message_id,
+        "message_id": event.message_id,
+        "recipient": event.recipient,
+        "data": json.dumps(event.data),
+    }
+
+
+def insert_facts(conn: Connection, rows: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
+    """Insert event rows whose (provider, key) are distinct; the id of each that was new,
+    by (provider, key). A fact already stored is left as it is."""
+    dialect = conn.dialect.name
+    inserted: dict[tuple[str, str], int] = {}
+    for start in range(0, len(rows), INSERT_ROWS):
+        chunk = rows[start : start + INSERT_ROWS]
+        params = {
+            f"{column}_{n}": value for n, row in enumerate(chunk) for column, value in row.items()
+        }
+        for new in conn.execute(query(eq.insert_events(len(chunk)), dialect), params):
+            inserted[(new.provider, new.dedupe_key)] = int(new.id)
+    return inserted
 
 
 def apply_event(engine: Engine, event_id: int) -> str:
@@ -120,48 +159,15 @@ def apply_event(engine: Engine, event_id: int) -> str:
 
     `skipped` when the event is not waiting (already applied, or another process has it).
     """
-    dialect = engine.dialect.name
     try:
         with engine.begin() as conn:
-            event = conn.execute(query(eq.EVENT_TO_APPLY, dialect), {"id": event_id}).first()
-            if event is None:
-                return "skipped"
-            found = match(conn, event)
-            if found is None:
-                _settle(conn, event_id, "unmatched")
-                return "unmatched"
-            _apply(conn, found.sub_task_id, event)
-            _settle(conn, event_id, "applied", found.sub_task_id, found.strategy)
-        log.debug(
-            "event %s applied to sub-task %s",
-            event_id,
-            found.sub_task_id,
-            extra={
-                "action": "event_applied",
-                "event_id": event_id,
-                "sub_task_id": found.sub_task_id,
-            },
-        )
-        return "applied"
+            status = _apply_all(conn, [event_id]).get(event_id, "skipped")
     except Exception as exc:  # the raw event stays, with the error, to be reprocessed
         with engine.begin() as conn:
             _settle_failed(conn, event_id, exc)
         return "error"
-
-
-def _apply(conn: Connection, sub_task_id: int, event) -> None:  # type: ignore[no-untyped-def]
-    """One recorded event's fact, with the contact rules of the current settings."""
-    settings = get_settings()
-    data = event.data if isinstance(event.data, dict) else json.loads(event.data or "{}")
-    apply_fact(
-        conn,
-        sub_task_id,
-        event.event,
-        event.occurred_at,
-        event.provider_message_id,
-        data,
-        SoftBounceLimit(settings.soft_bounce_limit, settings.soft_bounce_days),
-    )
+    log.debug("event %s: %s", event_id, status, extra={"action": "event_" + status})
+    return status
 
 
 def _settle_failed(conn: Connection, event_id: int, exc: Exception) -> None:
@@ -172,28 +178,29 @@ def _settle_failed(conn: Connection, event_id: int, exc: Exception) -> None:
         error,
         extra={"action": "event_error", "event_id": event_id},
     )
-    _settle(conn, event_id, "error", error=error)
+    _settle(conn, [_settlement(event_id, "error", error=error)])
 
 
-def _settle(
-    conn,  # type: ignore[no-untyped-def]
+def _settlement(
     event_id: int,
     status: str,
     sub_task_id: int | None = None,
     matched_by: str | None = None,
     error: str | None = None,
-) -> None:
-    conn.execute(
-        query(eq.SETTLE_EVENT, conn.dialect.name),
-        {
-            "id": event_id,
-            "status": status,
-            "applied": status == "applied",
-            "sub_task_id": sub_task_id,
-            "matched_by": matched_by,
-            "error": error,
-        },
-    )
+) -> dict[str, Any]:
+    return {
+        "id": event_id,
+        "status": status,
+        "applied": status == "applied",
+        "sub_task_id": sub_task_id,
+        "matched_by": matched_by,
+        "error": error,
+    }
+
+
+def _settle(conn: Connection, settlements: list[dict[str, Any]]) -> None:
+    if settlements:
+        conn.execute(query(eq.SETTLE_EVENT, conn.dialect.name), settlements)
 
 
 @dataclass
@@ -290,17 +297,20 @@ def _process_claimed(
     with engine.begin() as conn:
         new = _record_in(conn, items, outcomes)
     event_ids = [event_id for _, event_id in new]
-    try:
-        with engine.begin() as conn:
-            statuses = _apply_all(conn, event_ids)
-    except Exception as exc:  # a deadlock or a lost connection: one at a time instead
-        log.warning(
-            "a batch of %d events failed together (%s); applying them one by one",
-            len(event_ids),
-            exc,
-            extra={"action": "event_batch_failed"},
-        )
-        statuses = {event_id: apply_event(engine, event_id) for event_id in event_ids}
+    statuses: dict[int, str] = {}
+    for start in range(0, len(event_ids), APPLY_EVENTS):
+        chunk = event_ids[start : start + APPLY_EVENTS]
+        try:
+            with engine.begin() as conn:
+                statuses.update(_apply_all(conn, chunk))
+        except Exception as exc:  # a deadlock, a lost connection, one bad event: one by one
+            log.warning(
+                "a batch of %d events failed together (%s); applying them one by one",
+                len(chunk),
+                exc,
+                extra={"action": "event_batch_failed"},
+            )
+            statuses.update({event_id: apply_event(engine, event_id) for event_id in chunk})
     for request_id, event_id in new:
         by_status = outcomes[request_id].by_status
         status = statuses.get(event_id, "skipped")
@@ -319,29 +329,40 @@ def _process_claimed(
 
 
 def _apply_all(conn: Connection, event_ids: list[int]) -> dict[int, str]:
-    """Match every event, then apply them in sub-task order (so two processors lock rows
-    in the same order), each under a savepoint: one that fails is marked `error` alone.
-    Each event's status afterwards."""
+    """Lock the events still waiting among `event_ids`, match them, mark them, then apply
+    their facts, all in the caller's transaction: a failure leaves none of them applied.
+    Each event's status afterwards (an id missing from it was not waiting)."""
     dialect = conn.dialect.name
-    statuses: dict[int, str] = {}
-    matched = []
-    for event_id in sorted(event_ids):
-        event = conn.execute(query(eq.EVENT_TO_APPLY, dialect), {"id": event_id}).first()
-        if event is None:
-            continue
-        found = match(conn, event)
-        if found is None:
-            _settle(conn, event_id, "unmatched")
-            statuses[event_id] = "unmatched"
-        else:
-            matched.append((found.sub_task_id, event_id, found.strategy, event))
-    for sub_task_id, event_id, strategy, event in sorted(matched, key=lambda m: (m[0], m[1])):
-        try:
-            with conn.begin_nested():
-                _apply(conn, sub_task_id, event)
-                _settle(conn, event_id, "applied", sub_task_id, strategy)
-            statuses[event_id] = "applied"
-        except Exception as exc:
-            _settle_failed(conn, event_id, exc)
-            statuses[event_id] = "error"
-    return statuses
+    events = conn.execute(query(eq.EVENTS_TO_APPLY, dialect, "ids"), {"ids": event_ids}).all()
+    if not events:
+        return {}
+    found = match_events(conn, events)
+    if found:
+        sub_task_ids = sorted({match.sub_task_id for match in found.values()})
+        conn.execute(query(eq.LOCK_SUB_TASKS, dialect, "ids"), {"ids": sub_task_ids})
+    _settle(
+        conn,
+        [
+            _settlement(e.id, "applied", found[e.id].sub_task_id, found[e.id].strategy)
+            if e.id in found
+            else _settlement(e.id, "unmatched")
+            for e in events
+        ],
+    )
+    settings = get_settings()
+    apply_facts(
+        conn,
+        [
+            Fact(
+                found[e.id].sub_task_id,
+                e.event,
+                e.occurred_at,
+                e.provider_message_id,
+                e.data if isinstance(e.data, dict) else json.loads(e.data or "{}"),
+            )
+            for e in events
+            if e.id in found
+        ],
+        SoftBounceLimit(settings.soft_bounce_limit, settings.soft_bounce_days),
+    )
+    return {e.id: "applied" if e.id in found else "unmatched" for e in events}
