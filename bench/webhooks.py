@@ -19,13 +19,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
+import re
+import resource
+import shutil
+import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -40,6 +47,7 @@ SUB_TASKS = 5_000
 EVENTS = ("delivered", "opened", "clicked")
 LATENCY_RATE = 200  # requests per second
 LATENCY_SECONDS = 10.0
+FLOOD_SCRIPT = Path(__file__).with_name("webhooks_flood.lua")
 
 
 def free_port() -> int:
@@ -84,24 +92,24 @@ def make_events(count: int, rng: random.Random) -> list[dict]:
     return events
 
 
-def requests_of(events: list[dict], rng: random.Random) -> list[object]:
-    """Half the events one per request, half in batches of ten."""
-    half = len(events) // 2
-    bodies: list[object] = list(events[:half])
-    rest = events[half:]
+def requests_of(events: list[dict], rng: random.Random, single: float) -> list[object]:
+    """A share `single` of the events one per request, the rest in batches of ten."""
+    alone = round(len(events) * single)
+    bodies: list[object] = list(events[:alone])
+    rest = events[alone:]
     bodies += [rest[i : i + 10] for i in range(0, len(rest), 10)]
     rng.shuffle(bodies)
     return bodies
 
 
-async def post_all(base: str, bodies: list[object], concurrency: int) -> tuple[int, int]:
+async def post_all(bases: list[str], bodies: list[object], concurrency: int) -> tuple[int, int]:
     headers = {"Authorization": f"Bearer {TOKEN}"}
     queue: asyncio.Queue[object] = asyncio.Queue()
     for body in bodies:
         queue.put_nowait(body)
     ok = failed = 0
 
-    async def client_loop(client: httpx.AsyncClient) -> None:
+    async def client_loop(client: httpx.AsyncClient, base: str) -> None:
         nonlocal ok, failed
         while not queue.empty():
             body = queue.get_nowait()
@@ -113,11 +121,35 @@ async def post_all(base: str, bodies: list[object], concurrency: int) -> tuple[i
 
     limits = httpx.Limits(max_connections=concurrency)
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
-        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
+        await asyncio.gather(
+            *(client_loop(client, bases[i % len(bases)]) for i in range(concurrency))
+        )
     return ok, failed
 
 
-async def latency(base: str, rng: random.Random) -> list[float]:
+def post_all_with_wrk(base: str, bodies: list[object], concurrency: int) -> tuple[int, int]:
+    """The same flood from wrk (C, one thread): the client then takes a sliver of the CPU
+    the server shares with it on this machine, as a provider posting from elsewhere would."""
+    with tempfile.TemporaryDirectory(prefix="edm-bench-") as workdir:
+        bodies_file = Path(workdir) / "bodies.jsonl"
+        bodies_file.write_text("".join(json.dumps(body) + "\n" for body in bodies))
+        wrk = subprocess.Popen(
+            ["wrk", "-t1", f"-c{concurrency}", "-d3600s", "--timeout", "30s",
+             "-s", str(FLOOD_SCRIPT), base, "--", str(bodies_file), TOKEN],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert wrk.stderr is not None
+        said = wrk.stderr.readline()  # the script's last word, once every body is answered
+        wrk.send_signal(signal.SIGINT)  # wrk would otherwise run out its duration
+        wrk.communicate(timeout=30)
+    counts = re.search(r"answered (\d+) refused (\d+)", said)
+    if counts is None:
+        raise SystemExit(f"wrk did not finish the flood: {said}")
+    answered, refused = int(counts.group(1)), int(counts.group(2))
+    return answered - refused, refused
+
+
+async def latency(bases: list[str], rng: random.Random) -> list[float]:
     headers = {"Authorization": f"Bearer {TOKEN}"}
     times: list[float] = []
 
@@ -129,6 +161,7 @@ async def latency(base: str, rng: random.Random) -> list[float]:
             "event_id": f"l{i}",
         }
         started = time.perf_counter()
+        base = bases[i % len(bases)]
         await client.post(f"{base}/api/webhooks/generic", json=body, headers=headers)
         times.append(time.perf_counter() - started)
 
@@ -175,61 +208,120 @@ def wait_for_server(base: str, process: subprocess.Popen) -> None:
     raise SystemExit("edm serve did not answer within 30 s")
 
 
-def measure(kind: str, url: str, count: int, concurrency: int) -> None:
-    populate(url)
-    rng = random.Random(7)
-    events = make_events(count, rng)
-    unique = len({e["event_id"] for e in events})
-    bodies = requests_of(events, rng)
+def client_cpu_seconds() -> float:
+    """CPU seconds of this process and of the children it waited for (wrk)."""
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def start_server(url: str, kind: str, number: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    base = f"http://127.0.0.1:{port}"
     env = {**os.environ, "EDM_DATABASE_URL": url, "EDM_WEBHOOK_TOKEN": TOKEN}
-    log_path = f"/tmp/edm-bench-webhooks-{kind}.log"
+    log_path = f"/tmp/edm-bench-webhooks-{kind}-{number}.log"
     server = subprocess.Popen(
         [sys.executable, "-m", "edm", "serve", "--port", str(port), "--no-worker"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=open(log_path, "w"),  # noqa: SIM115 - the child's log, read on failure
     )
-    print(f"{kind}: edm serve logs to {log_path}", flush=True)
+    print(f"{kind}: edm serve #{number} logs to {log_path}", flush=True)
+    return server, f"http://127.0.0.1:{port}"
+
+
+def flood(bases: list[str], bodies: list[object], concurrency: int, client: str) -> int:
+    """Post every body once, spread evenly over the servers; how many were refused."""
+    if client == "httpx":
+        return asyncio.run(post_all(bases, bodies, concurrency))[1]
+    shares = [bodies[i :: len(bases)] for i in range(len(bases))]
+    per_server = max(1, concurrency // len(bases))
+    with ThreadPoolExecutor(len(bases)) as pool:
+        results = pool.map(post_all_with_wrk, bases, shares, [per_server] * len(bases))
+        return sum(refused for _, refused in results)
+
+
+def measure(
+    kind: str, url: str, count: int, concurrency: int, client: str, servers: int, single: float
+) -> None:
+    populate(url)
+    rng = random.Random(7)
+    events = make_events(count, rng)
+    unique = len({e["event_id"] for e in events})
+    bodies = requests_of(events, rng, single)
+    started_servers = [start_server(url, kind, n + 1) for n in range(servers)]
+    processes = [process for process, _ in started_servers]
+    bases = [base for _, base in started_servers]
     try:
-        wait_for_server(base, server)
-        cpu_before, client_before = cpu_seconds(server.pid), time.process_time()
+        for process, base in started_servers:
+            wait_for_server(base, process)
+        cpu_before = sum(cpu_seconds(process.pid) for process in processes)
+        client_before = client_cpu_seconds()
         started = time.perf_counter()
-        ok, failed = asyncio.run(post_all(base, bodies, concurrency))
+        refused = flood(bases, bodies, concurrency, client)
         accepted_s = time.perf_counter() - started
-        server_cpu = cpu_seconds(server.pid) - cpu_before
-        client_cpu = time.process_time() - client_before
+        server_cpu = sum(cpu_seconds(process.pid) for process in processes) - cpu_before
+        client_cpu = client_cpu_seconds() - client_before
         while applied_count(url) < unique and time.perf_counter() - started < 600:
             time.sleep(0.2)
         applied_s = time.perf_counter() - started
         applied = applied_count(url)
-        times = sorted(asyncio.run(latency(base, rng)))
+        times = sorted(asyncio.run(latency(bases, rng)))
     finally:
-        server.terminate()
-        server.wait(timeout=20)
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=20)
     p50 = statistics.median(times) * 1000
     p99 = times[int(len(times) * 0.99) - 1] * 1000
     print(
-        f"{kind}: {count:,} events in {len(bodies):,} requests ({failed} refused), "
+        f"{kind}, {servers} edm serve, {single:.0%} single: {count:,} events in "
+        f"{len(bodies):,} requests ({refused} refused), "
         f"{count / accepted_s:,.0f} events/s accepted, "
         f"{applied / applied_s:,.0f} unique events/s applied ({applied:,}/{unique:,}); "
         f"at {LATENCY_RATE} requests/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms; "
-        f"during the flood the server used {server_cpu / len(bodies) * 1000:.2f} ms of CPU "
-        f"per request ({server_cpu / accepted_s:.2f} cores), the bench's client "
+        f"during the flood ({client} posting) the servers used "
+        f"{server_cpu / len(bodies) * 1000:.2f} ms of CPU per request "
+        f"({server_cpu / accepted_s:.2f} cores), the bench's client "
         f"{client_cpu / accepted_s:.2f} cores"
     )
-    del ok
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument(
+        "--client",
+        choices=("wrk", "httpx"),
+        default="wrk" if shutil.which("wrk") else "httpx",
+        help="who posts the flood (default: wrk when installed: apt install wrk)",
+    )
+    parser.add_argument(
+        "--servers",
+        type=int,
+        default=1,
+        help="edm serve --no-worker processes sharing the database, each posted an equal share",
+    )
+    parser.add_argument(
+        "--single",
+        type=float,
+        default=0.5,
+        help="share of the events posted one per request (the rest in batches of 10)",
+    )
     add_database_options(parser)
     options = parser.parse_args()
     for target in chosen_databases(options):
-        measure(target.kind, target.url, options.events, options.concurrency)
+        measure(
+            target.kind,
+            target.url,
+            options.events,
+            options.concurrency,
+            options.client,
+            options.servers,
+            options.single,
+        )
 
 
 if __name__ == "__main__":
