@@ -242,6 +242,14 @@ def test_a_late_event_waits_unmatched_then_applies(engine: Engine) -> None:
     report = pipeline.retry_pending(engine, unmatched_retry_seconds=0)
     assert report.given_up == 1
     assert scalar(engine, "SELECT count(*) FROM events WHERE status = 'given_up'") == 1
+    # An operator's reprocess takes a given-up event back, once it can match.
+    given_up = scalar(engine, "SELECT id FROM events WHERE status = 'given_up'")
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE sub_tasks SET provider_message_id = 'never' WHERE id = :i"), {"i": first}
+        )
+    assert pipeline.reprocess(engine, [given_up, 10**9]) == {"applied": 1, "skipped": 1}
+    assert scalar(engine, "SELECT open_count FROM sub_tasks WHERE id = :i", i=first) == 1
 
 
 def test_a_failure_while_applying_keeps_the_event_to_reprocess(

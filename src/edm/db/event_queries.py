@@ -186,8 +186,8 @@ SUPPRESS_CONTACT = both(f"""
       AND {_RANK} < :rank""")
 
 # An operator's reprocess: a given-up event waits again like an unmatched one.
-REOPEN_EVENT = both("""
-    UPDATE events SET status = 'unmatched' WHERE id = :id AND status = 'given_up'""")
+REOPEN_EVENTS = both("""
+    UPDATE events SET status = 'unmatched' WHERE id IN :ids AND status = 'given_up'""")
 
 # -- what `edm events list` shows, newest first --------------------------------------------------
 EVENT_LIST = both("""

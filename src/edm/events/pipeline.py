@@ -243,22 +243,45 @@ def retry_pending(
     for request_id in request_ids:
         if process_request(engine, request_id).status != "skipped":
             report.requests += 1
-    for event_id in event_ids:
-        if apply_event(engine, event_id) == "applied":
-            report.applied += 1
+    statuses = apply_events(engine, event_ids)
+    report.applied = sum(status == "applied" for status in statuses.values())
     return report
 
 
 def reprocess(engine: Engine, event_ids: list[int]) -> dict[str, int]:
     """An operator's retry of events that are unmatched, failed or given up."""
-    dialect = engine.dialect.name
     counts: dict[str, int] = {}
-    for event_id in event_ids:
+    for start in range(0, len(event_ids), APPLY_EVENTS):
+        chunk = event_ids[start : start + APPLY_EVENTS]
         with engine.begin() as conn:
-            conn.execute(query(eq.REOPEN_EVENT, dialect), {"id": event_id})
-        status = apply_event(engine, event_id)
-        counts[status] = counts.get(status, 0) + 1
+            conn.execute(query(eq.REOPEN_EVENTS, engine.dialect.name, "ids"), {"ids": chunk})
+        statuses = apply_events(engine, chunk)
+        for event_id in chunk:
+            status = statuses.get(event_id, "skipped")
+            counts[status] = counts.get(status, 0) + 1
     return counts
+
+
+def apply_events(engine: Engine, event_ids: list[int]) -> dict[int, str]:
+    """Match and apply recorded events, many per transaction; each one's status (an id
+    missing from it was not waiting). A transaction that fails (a deadlock, a lost
+    connection, one event that cannot be applied) is applied again event by event, so a
+    bad event is marked `error` alone."""
+    statuses: dict[int, str] = {}
+    for start in range(0, len(event_ids), APPLY_EVENTS):
+        chunk = event_ids[start : start + APPLY_EVENTS]
+        try:
+            with engine.begin() as conn:
+                statuses.update(_apply_all(conn, chunk))
+        except Exception as exc:
+            log.warning(
+                "a batch of %d events failed together (%s); applying them one by one",
+                len(chunk),
+                exc,
+                extra={"action": "event_batch_failed"},
+            )
+            statuses.update({event_id: apply_event(engine, event_id) for event_id in chunk})
+    return statuses
 
 
 # -- many requests at once -------------------------------------------------------------------
@@ -297,34 +320,23 @@ def _process_claimed(
     with engine.begin() as conn:
         new = _record_in(conn, items, outcomes)
     event_ids = [event_id for _, event_id in new]
-    statuses: dict[int, str] = {}
-    for start in range(0, len(event_ids), APPLY_EVENTS):
-        chunk = event_ids[start : start + APPLY_EVENTS]
-        try:
-            with engine.begin() as conn:
-                statuses.update(_apply_all(conn, chunk))
-        except Exception as exc:  # a deadlock, a lost connection, one bad event: one by one
-            log.warning(
-                "a batch of %d events failed together (%s); applying them one by one",
-                len(chunk),
-                exc,
-                extra={"action": "event_batch_failed"},
-            )
-            statuses.update({event_id: apply_event(engine, event_id) for event_id in chunk})
+    statuses = apply_events(engine, event_ids)
     for request_id, event_id in new:
         by_status = outcomes[request_id].by_status
         status = statuses.get(event_id, "skipped")
         by_status[status] = by_status.get(status, 0) + 1
     with engine.begin() as conn:
-        for request_id, outcome in outcomes.items():
-            conn.execute(
-                query(eq.FINISH_REQUEST, engine.dialect.name),
+        conn.execute(
+            query(eq.FINISH_REQUEST, engine.dialect.name),
+            [
                 {
                     "id": request_id,
                     "status": outcome.status,
                     "error": outcome.error and outcome.error[:ERROR_CHARS],
-                },
-            )
+                }
+                for request_id, outcome in outcomes.items()
+            ],
+        )
     return outcomes
 
 
