@@ -252,6 +252,24 @@ def test_a_late_event_waits_unmatched_then_applies(engine: Engine) -> None:
     assert scalar(engine, "SELECT open_count FROM sub_tasks WHERE id = :i", i=first) == 1
 
 
+def test_unmatched_events_each_get_their_turn(engine: Engine) -> None:
+    first, *_ = _sent_task(engine)
+    for n in range(3):
+        _post(engine, {"event": "opened", "timestamp": 10 + n, "provider_message_id": f"late{n}"})
+
+    def retry() -> pipeline.RetryReport:
+        return pipeline.retry_pending(engine, unmatched_retry_seconds=3600, limit=2)
+
+    assert retry().applied == 0  # the two oldest tried again, in vain
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE sub_tasks SET provider_message_id = 'late2' WHERE id = :i"), {"i": first}
+        )
+    # More are waiting than one pass takes: the newest gets its turn on the next pass.
+    assert retry().applied == 1
+    assert scalar(engine, "SELECT opened_at FROM sub_tasks WHERE id = :i", i=first) == 12
+
+
 def test_a_failure_while_applying_keeps_the_event_to_reprocess(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -86,12 +86,14 @@ SETTLE_EVENT = both("""
         applied_at = CASE WHEN :applied THEN {now} ELSE applied_at END
     WHERE id = :id AND status IN ('received', 'unmatched', 'error')""")
 
+# Fewest attempts first: each try counts one, so with more waiting than `:limit` every
+# event gets its turn instead of the oldest being tried on every pass.
 EVENTS_TO_RETRY = both("""
     SELECT id FROM events
     WHERE (status = 'unmatched' AND created_at >= {now} - :retry_seconds)
        OR (status = 'received' AND created_at <= {now} - :min_age)
        OR (status = 'error' AND attempts < :error_attempts)
-    ORDER BY id LIMIT :limit""")
+    ORDER BY attempts, id LIMIT :limit""")
 
 GIVE_UP_UNMATCHED = both("""
     UPDATE events SET status = 'given_up'
