@@ -10,6 +10,7 @@ import hmac
 import json
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -131,10 +132,36 @@ def test_generic_webhook_end_to_end(client: httpx.Client, database: Engine) -> N
     assert fact(database, "delivered_at", first) == delivered_at
 
 
+def test_requests_committed_together_each_get_their_own_id(
+    client: httpx.Client, database: Engine
+) -> None:
+    """Requests arriving at once share a commit; each answer still names its own request,
+    and a bad body among them is answered 400 alone."""
+    bodies = [json.dumps(delivered(1, 3000.0 + n, event_id=f"c{n}")).encode() for n in range(60)]
+    bodies[7] = b"{broken"
+
+    def post(body: bytes) -> httpx.Response:
+        return client.post("/api/webhooks/generic", content=body, headers=bearer())
+
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(post, bodies))
+    assert_error(answers[7], 400, "invalid_json")
+    with database.connect() as conn:
+        stored = dict(conn.execute(text("SELECT id, body FROM webhook_requests")).all())
+    assert len(stored) == len(bodies)
+    for n, (body, answer) in enumerate(zip(bodies, answers, strict=True)):
+        if n != 7:
+            assert answer.status_code == 200, answer.text
+            assert stored[answer.json()["request_id"]] == body.decode()
+
+
 def test_json_the_pipeline_refuses_is_400(client: httpx.Client, database: Engine) -> None:
-    for body in (b'{"event": NaN}', b"[1, 2", "\u00e9".encode("latin-1")):
+    # A NUL byte too: PostgreSQL's text cannot hold it, yet the body is kept as invalid.
+    bodies = (b'{"event": NaN}', b"[1, 2", "\u00e9".encode("latin-1"), b'{"event": "a\x00"}')
+    for body in bodies:
         answer = client.post("/api/webhooks/generic", content=body, headers=bearer())
         assert_error(answer, 400, "invalid_json")
+    assert scalar(database, "SELECT count(*) FROM webhook_requests") == len(bodies)
     nested = client.post("/api/webhooks/generic", content=b"[" * 50_000, headers=bearer())
     assert_error(nested, 400, "invalid_json")
     assert client.get("/health/live").status_code == 200

@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 from edm.api import errors, health, unsubscribe, webhooks
 from edm.api.dependencies import InstallationSecrets
 from edm.config import Settings, get_settings
+from edm.events.intake import IntakeWriter
 from edm.events.processor import BatchProcessor
 
 
@@ -23,18 +24,22 @@ def create_app(engine: Engine | None = None, settings: Settings | None = None) -
         from edm.db import open_database
 
         engine = open_database(settings.database_url)
+    intake = IntakeWriter(engine)
     processor = BatchProcessor(engine)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        intake.start()
         processor.start()
         try:
             yield
         finally:
+            intake.stop()
             processor.stop()
 
     app = FastAPI(title="edm", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.engine = engine
+    app.state.intake = intake
     app.state.processor = processor
     app.state.settings = settings
     app.state.secrets = InstallationSecrets(engine, settings)

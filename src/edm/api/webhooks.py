@@ -9,19 +9,19 @@ authentication) and answered 400, naming the problem.
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from edm.api.auth import count_rejection, engagelab_allowed, token_allowed
 from edm.api.dependencies import EngineDep, SecretsDep, SettingsDep
 from edm.api.errors import ApiError, ErrorBody, error_response
-from edm.events.intake import log_request
+from edm.events.intake import IntakeWriter
 from edm.events.parsers.base import WebhookParseError, decode_json
 from edm.events.parsers.registry import parser_for
 from edm.services import engagelab_webhook_keys
@@ -54,12 +54,12 @@ async def engagelab_webhook(request: Request, engine: EngineDep, settings: Setti
             "the X-WebHook-Signature does not match the webhook_key of any EngageLab service"
             " with webhook_verify on",
         )
-    return await _receive(request, engine, settings.webhook_max_bytes, "engagelab")
+    return await _receive(request, settings.webhook_max_bytes, "engagelab")
 
 
 @router.post("/generic", response_model=Accepted, responses=ERRORS)
 async def generic_webhook(
-    request: Request, engine: EngineDep, settings: SettingsDep, installation: SecretsDep
+    request: Request, settings: SettingsDep, installation: SecretsDep
 ) -> Response:
     """edm's own format (docs/webhooks.md), with EDM_WEBHOOK_TOKEN as Bearer or Basic password."""
     sandbox = installation.known_webhook_token or await run_in_threadpool(
@@ -79,15 +79,16 @@ async def generic_webhook(
             f"missing or wrong webhook token; {hint}",
             headers={"WWW-Authenticate": 'Bearer realm="edm webhooks"'},
         )
-    return await _receive(request, engine, settings.webhook_max_bytes, "generic")
+    return await _receive(request, settings.webhook_max_bytes, "generic")
 
 
-async def _receive(request: Request, engine: Engine, max_bytes: int, provider: str) -> Response:
+async def _receive(request: Request, max_bytes: int, provider: str) -> Response:
     body = await read_capped(request, max_bytes)
-    # One trip to the thread pool: the commit that makes any answer safe, and the check
-    # that decides between 200 and 400.
-    request_id, problem = await run_in_threadpool(
-        _log_and_check, engine, provider, dict(request.headers), body
+    # The commit that makes any answer safe (shared with the requests arriving at the same
+    # time), then the check that decides between 200 and 400.
+    intake: IntakeWriter = request.app.state.intake
+    request_id, problem = await intake.log(
+        provider, request.headers, body, functools.partial(body_problem, provider)
     )
     # Processed by the app's batch processor, whatever the answer: it marks a bad body
     # invalid. Woken now; the request is already safe in the log.
@@ -119,13 +120,6 @@ async def read_capped(request: Request, max_bytes: int) -> bytes:
 
 def _too_large(max_bytes: int) -> ApiError:
     return ApiError(413, "too_large", f"the body is over {max_bytes} bytes (EDM_WEBHOOK_MAX_BYTES)")
-
-
-def _log_and_check(
-    engine: Engine, provider: str, headers: dict[str, str], body: bytes
-) -> tuple[int, tuple[str, str] | None]:
-    request_id = log_request(engine, provider, headers, body)
-    return request_id, body_problem(provider, body)
 
 
 def body_problem(provider: str, body: bytes) -> tuple[str, str] | None:

@@ -9,15 +9,28 @@ a fixed order.
 
 from __future__ import annotations
 
-from functools import cache
-
 from edm.db.queries import both, each
 
 # -- the event log ---------------------------------------------------------------------------------
-LOG_REQUEST = both("""
-    INSERT INTO webhook_requests (provider, received_at, headers, body, status)
-    VALUES (:provider, {now}, :headers, :body, 'received')
-    RETURNING id""")
+# Many raw requests in one statement, `:rows` a JSON array of {provider, headers, body}:
+# one short statement whatever the count (a statement with a parameter per value would be
+# parsed anew each time). Returns their ids.
+LOG_REQUESTS = each(
+    {
+        "postgresql": """
+        INSERT INTO webhook_requests (provider, received_at, headers, body, status)
+        SELECT r.provider, {now}, r.headers, r.body, 'received'
+        FROM json_to_recordset(CAST(:rows AS json)) AS r(provider text, headers json, body text)
+        RETURNING id""",
+        "sqlite": """
+        INSERT INTO webhook_requests (provider, received_at, headers, body, status)
+        SELECT json_extract(value, '$.provider'), {now}, json_extract(value, '$.headers'),
+               json_extract(value, '$.body'), 'received'
+        FROM json_each(:rows) ORDER BY key
+        RETURNING id""",
+    }
+)
+
 
 # One process takes a request at a time; one left `processing` by a process that died is
 # taken again once it is `:stale` seconds old.
@@ -38,26 +51,36 @@ UNPROCESSED_REQUESTS = both("""
     ORDER BY id LIMIT :limit""")
 
 # -- one fact, once: a repeat only counts ----------------------------------------------------------
+# Facts in one statement, each once, `:rows` a JSON array of objects with the columns
+# below (`data` an object); the id, provider and key of each row inserted (a repeat of a
+# stored fact returns none). Rows are inserted in array order, which is lock order.
 _EVENT_COLUMNS = (
     "request_id", "provider", "dedupe_key", "event", "occurred_at", "status", "ref_sub_task_id",
     "ref_task_id", "provider_message_id", "message_id", "recipient", "data",
 )  # fmt: skip
-
-
-@cache
-def insert_events(count: int) -> dict[str, str]:
-    """Insert `count` facts in one statement, each once: parameters `:<column>_<n>`; returns
-    the id, provider and key of each row inserted (a repeat of a stored fact returns none)."""
-    rows = ",\n           ".join(
-        "(" + ", ".join(f":{column}_{n}" for column in _EVENT_COLUMNS) + ", {now})"
-        for n in range(count)
-    )
-    return both(f"""
-    INSERT INTO events ({", ".join(_EVENT_COLUMNS)}, created_at)
-    VALUES {rows}
-    ON CONFLICT (provider, dedupe_key) DO NOTHING
-    RETURNING id, provider, dedupe_key""")
-
+_PG_EVENT_TYPES = (
+    "request_id bigint, provider text, dedupe_key text, event text, occurred_at float8,"
+    " status text, ref_sub_task_id bigint, ref_task_id bigint, provider_message_id text,"
+    " message_id text, recipient text, data json"
+)
+INSERT_EVENTS = each(
+    {
+        "postgresql": f"""
+        INSERT INTO events ({", ".join(_EVENT_COLUMNS)}, created_at)
+        SELECT {", ".join("r." + column for column in _EVENT_COLUMNS)}, {{now}}
+        FROM json_to_recordset(CAST(:rows AS json)) AS r({_PG_EVENT_TYPES})
+        ON CONFLICT (provider, dedupe_key) DO NOTHING
+        RETURNING id, provider, dedupe_key""",
+        # `WHERE true`: without it SQLite would read ON CONFLICT as part of the join.
+        "sqlite": f"""
+        INSERT INTO events ({", ".join(_EVENT_COLUMNS)}, created_at)
+        SELECT {", ".join(f"json_extract(value, '$.{column}')" for column in _EVENT_COLUMNS)},
+               {{now}}
+        FROM json_each(:rows) WHERE true ORDER BY key
+        ON CONFLICT (provider, dedupe_key) DO NOTHING
+        RETURNING id, provider, dedupe_key""",
+    }
+)
 
 COUNT_DUPLICATE = both("""
     UPDATE events SET duplicates = duplicates + 1

@@ -4,7 +4,6 @@ sub-task, the contact and the task's statistics see them the same way."""
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 
@@ -34,7 +33,7 @@ def record_unsubscribe(engine: Engine, sub_task_id: int) -> str:
         "provider_message_id": None,
         "message_id": None,
         "recipient": None,
-        "data": json.dumps({"source": "unsubscribe link"}),
+        "data": {"source": "unsubscribe link"},
     }
     with engine.begin() as conn:
         event_id = insert_facts(conn, [params]).get((PROVIDER, params["dedupe_key"]))

@@ -35,9 +35,9 @@ STALE_PROCESSING_SECONDS = 60.0
 # How many logged requests one batch takes. Each step of a batch is one transaction for all
 # its requests, which is what lets intake keep up on SQLite's single writer.
 BATCH_REQUESTS = 100
-# Rows per INSERT of new facts, and events per apply transaction (bounds a statement's
-# parameters on SQLite, and what one failure sends back to be applied one by one).
-INSERT_ROWS = 100
+# Rows per INSERT of new facts, and events per apply transaction (bounds what one failure
+# sends back to be applied one by one).
+INSERT_ROWS = 500
 APPLY_EVENTS = 500
 # Errors kept on an event are cut to this many characters.
 ERROR_CHARS = 500
@@ -135,21 +135,17 @@ def _event_row(request_id: int | None, provider: str, event: ParsedEvent) -> dic
         "provider_message_id": event.provider_message_id,
         "message_id": event.message_id,
         "recipient": event.recipient,
-        "data": json.dumps(event.data),
+        "data": event.data,
     }
 
 
 def insert_facts(conn: Connection, rows: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
     """Insert event rows whose (provider, key) are distinct; the id of each that was new,
     by (provider, key). A fact already stored is left as it is."""
-    dialect = conn.dialect.name
     inserted: dict[tuple[str, str], int] = {}
     for start in range(0, len(rows), INSERT_ROWS):
-        chunk = rows[start : start + INSERT_ROWS]
-        params = {
-            f"{column}_{n}": value for n, row in enumerate(chunk) for column, value in row.items()
-        }
-        for new in conn.execute(query(eq.insert_events(len(chunk)), dialect), params):
+        chunk = json.dumps(rows[start : start + INSERT_ROWS], allow_nan=False)
+        for new in conn.execute(query(eq.INSERT_EVENTS, conn.dialect.name), {"rows": chunk}):
             inserted[(new.provider, new.dedupe_key)] = int(new.id)
     return inserted
 
