@@ -68,6 +68,18 @@ class Settings(BaseSettings):
     restart_backoff_max_seconds: float = Field(60.0, gt=0)
     shutdown_grace_seconds: float = Field(8.0, gt=0, description="SIGTERM to exit, at most")
 
+    # Health checks (`edm health`, `GET /health`): the thresholds.
+    health_heartbeat_seconds: float = Field(
+        15.0, gt=0, description="a service without a heartbeat this long has no live worker"
+    )
+    health_lease_critical_rows: int = Field(100, ge=0)
+    health_lease_critical_seconds: float = Field(600.0, gt=0)
+    health_queue_warn_seconds: float = Field(300.0, gt=0)
+    health_queue_critical_seconds: float = Field(1800.0, gt=0)
+    health_unknown_warn_seconds: float = Field(600.0, gt=0)
+    health_unmatched_warn_seconds: float = Field(600.0, gt=0)
+    health_events_window_seconds: float = Field(3600.0, gt=0)
+
     @field_validator("database_url")
     @classmethod
     def _default_when_empty(cls, value: str) -> str:

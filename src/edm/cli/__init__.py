@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from edm.cli import contacts, db, events, run, serve, services, tasks
+from edm.cli import contacts, db, events, health, run, serve, services, tasks
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -26,6 +26,7 @@ app.add_typer(events.app, name="events")
 app.command("worker")(run.worker)
 app.command("demo")(run.demo)
 app.command("serve")(serve.serve)
+app.command("health")(health.health)
 
 
 def _print_version(value: bool) -> None:

@@ -1,0 +1,1 @@
+"""Health: the checks that say first when something is wrong (`checks.py`)."""

@@ -1,0 +1,213 @@
+"""Health checks: each turns bad under the fault it watches and back to ok once it is
+repaired or fixed, the same through `edm health`, `GET /health` and the checks
+themselves; an unreachable database is critical, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import Engine, text
+
+from edm import services as services_mod
+from edm import tasks as tasks_mod
+from edm.config import Settings, get_settings
+from edm.db.engine import make_engine
+from edm.events.intake import log_request
+from edm.events.pipeline import process_batch
+from edm.health.checks import CRITICAL, OK, WARN, CheckResult, run_checks
+from edm.scheduler.maintenance import run_upkeep
+from tests.api_server import api_server, emptied
+from tests.helpers import Worker, edm, make_contacts, wait_for
+
+SETTINGS = Settings(health_heartbeat_seconds=5.0, maintenance_seconds=0.2)
+
+
+@pytest.fixture(scope="module")
+def client(db: Engine) -> Iterator[httpx.Client]:
+    with api_server(db, SETTINGS) as client:
+        yield client
+
+
+@pytest.fixture
+def database(db: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
+    """The module's database, emptied, and `edm` commands pointed at it."""
+    monkeypatch.setenv("EDM_DATABASE_URL", db.url.render_as_string(hide_password=False))
+    monkeypatch.setenv("EDM_HEALTH_HEARTBEAT_SECONDS", "5")
+    get_settings.cache_clear()
+    yield emptied(db)
+    get_settings.cache_clear()
+
+
+def check(engine: Engine, name: str) -> CheckResult:
+    return next(result for result in run_checks(engine, SETTINGS) if result.name == name)
+
+
+def beat(engine: Engine, service_id: int, age: float = 0.0) -> None:
+    """A running worker's heartbeat for the service, `age` seconds old."""
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM worker_heartbeats WHERE service_id = :s"), {"s": service_id})
+        conn.execute(
+            text(
+                "INSERT INTO worker_heartbeats (instance_id, service_id, hostname, pid, state,"
+                " started_at, beat_at, restarts) VALUES ('i1', :s, 'h', 1, 'running', :t, :t, 0)"
+            ),
+            {"s": service_id, "t": time.time() - age},
+        )
+
+
+def running_task(engine: Engine, contacts: int = 3) -> int:
+    services_mod.add_service(engine, "s", "sandbox", 0.0)
+    beat(engine, 1)
+    make_contacts(engine, contacts)
+    return tasks_mod.create_task(engine, "t", "s", text_body="x", start=True)
+
+
+def test_a_healthy_installation_is_ok_everywhere(database: Engine, client: httpx.Client) -> None:
+    running_task(database)
+    with database.begin() as conn:
+        conn.execute(text("UPDATE sub_tasks SET status = 'sent', sent_at = 1"))
+    results = run_checks(database, SETTINGS)
+    assert {r.name: r.status for r in results} == {
+        "database": OK,
+        "services_running": OK,
+        "frozen_services": OK,
+        "past_lease": OK,
+        "queue_age": OK,
+        "unknown_outcomes": OK,
+        "events": OK,
+    }
+    answer = client.get("/health")
+    assert answer.status_code == 200 and answer.json()["status"] == OK
+    code, stdout, _ = edm("health", "--json")
+    assert code == 0 and json.loads(stdout)["status"] == OK
+
+
+def test_a_service_without_a_live_worker_is_critical(
+    database: Engine, client: httpx.Client
+) -> None:
+    services_mod.add_service(database, "glodamarket.fun", "sandbox", 0.0)
+    services_mod.add_service(database, "glodamarket.store", "sandbox", 0.0)
+    beat(database, 1)
+    beat(database, 2, age=60)  # its worker stopped beating a minute ago
+    result = check(database, "services_running")
+    assert (result.status, result.value) == (CRITICAL, "1/2")
+    assert "glodamarket.store has no live worker since" in result.message
+    answer = client.get("/health")
+    assert answer.status_code == 503 and answer.json()["status"] == CRITICAL
+    code, stdout, _ = edm("health")
+    assert code == 1 and "glodamarket.store" in stdout
+
+    beat(database, 2)  # a worker for it again
+    assert check(database, "services_running").value == "2/2"
+    assert check(database, "services_running").status == OK
+    # A frozen service needs no worker; it is reported as frozen, with its reason.
+    services_mod.set_frozen(database, "glodamarket.store", True, "401 from the provider")
+    beat(database, 2, age=60)
+    assert check(database, "services_running").status == OK
+    frozen = check(database, "frozen_services")
+    assert frozen.status == WARN and "401 from the provider" in frozen.message
+    services_mod.set_frozen(database, "glodamarket.store", False)
+    assert check(database, "frozen_services").status == OK
+
+
+def test_sub_tasks_past_their_lease_until_the_reaper_takes_them_back(database: Engine) -> None:
+    task_id = running_task(database, contacts=3)
+    with database.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE sub_tasks SET status = 'allocated', lease_token = 'x', claimed_by = 'gone',"
+                " lease_expires_at = :t WHERE task_id = :task"
+            ),
+            {"t": time.time() - 30, "task": task_id},
+        )
+    result = check(database, "past_lease")
+    assert (result.status, result.value) == (WARN, 3)
+    with database.begin() as conn:  # one lease ran out long ago
+        conn.execute(text("UPDATE sub_tasks SET lease_expires_at = :t WHERE id = 1"), {"t": 1.0})
+    assert check(database, "past_lease").status == CRITICAL
+    run_upkeep(database, SETTINGS)
+    assert check(database, "past_lease").status == OK
+
+
+def test_a_queue_that_does_not_move(database: Engine) -> None:
+    task_id = running_task(database)
+    assert check(database, "queue_age").status == OK
+    with database.begin() as conn:  # started 10 minutes ago, nothing sent since
+        conn.execute(
+            text("UPDATE tasks SET started_at = :t WHERE id = :task"),
+            {"t": time.time() - 600, "task": task_id},
+        )
+    result = check(database, "queue_age")
+    assert result.status == WARN and f"task {task_id} (t) has not moved for" in result.message
+    with database.begin() as conn:
+        conn.execute(text("UPDATE tasks SET started_at = 1 WHERE id = :task"), {"task": task_id})
+    assert check(database, "queue_age").status == CRITICAL
+    # A long task that keeps sending at its pace is moving, however long ago it started.
+    with database.begin() as conn:
+        conn.execute(
+            text("UPDATE sub_tasks SET status = 'sent', finished_at = :t WHERE id = 1"),
+            {"t": time.time() - 5},
+        )
+    assert check(database, "queue_age").status == OK
+    with database.begin() as conn:
+        conn.execute(text("UPDATE sub_tasks SET finished_at = 1 WHERE id = 1"))
+    assert check(database, "queue_age").status == CRITICAL
+    # With its only service frozen, the wait is the frozen service's (reported there).
+    services_mod.set_frozen(database, "s", True, "by hand")
+    assert check(database, "queue_age").status == OK
+
+
+def test_unknown_outcomes_and_troubled_events(database: Engine) -> None:
+    running_task(database)
+    with database.begin() as conn:
+        conn.execute(text("UPDATE sub_tasks SET status = 'unknown', finished_at = 1 WHERE id = 1"))
+    assert check(database, "unknown_outcomes").status == WARN
+    with database.begin() as conn:
+        conn.execute(text("UPDATE sub_tasks SET status = 'sent' WHERE id = 1"))
+    assert check(database, "unknown_outcomes").status == OK
+
+    log_request(database, "generic", {}, b"{broken")
+    body = {"event": "opened", "timestamp": 5, "provider_message_id": "nobody"}
+    log_request(database, "generic", {}, json.dumps(body).encode())
+    process_batch(database)
+    with database.begin() as conn:  # the unmatched event came in 20 minutes ago
+        conn.execute(text("UPDATE events SET created_at = :t"), {"t": time.time() - 1200})
+    result = check(database, "events")
+    assert result.status == WARN
+    assert result.value == {"unmatched": 1, "error": 0, "invalid": 1}
+    assert "1 events still unmatched" in result.message
+
+
+def test_an_unreachable_database_is_critical(database: Engine) -> None:
+    away = make_engine("postgresql://postgres@127.0.0.1:1/edm?connect_timeout=2")
+    (result,) = run_checks(away, SETTINGS)
+    assert result.name == "database" and result.status == CRITICAL
+    assert "unreachable" in result.message
+    with api_server(away, SETTINGS) as unreachable:
+        answer = unreachable.get("/health")
+        assert answer.status_code == 503 and answer.json()["checks"][0]["status"] == CRITICAL
+
+
+def test_a_worker_killed_stops_its_heartbeat(
+    engine: Engine, env: dict[str, str], tmp_path: Path
+) -> None:
+    services_mod.add_service(engine, "s", "sandbox", 0.0)
+    quick = Settings(health_heartbeat_seconds=1.0)
+
+    def status() -> str:
+        return next(r for r in run_checks(engine, quick) if r.name == "services_running").status
+
+    worker = Worker(env, tmp_path)
+    try:
+        wait_for(lambda: status() == OK, 15, "a live worker")
+        worker.kill()  # SIGKILL: nothing is cleaned up, the heartbeat just stops
+        wait_for(lambda: status() == CRITICAL, 10, "the dead worker noticed")
+        worker = Worker(env, tmp_path)
+        wait_for(lambda: status() == OK, 15, "the new worker noticed")
+    finally:
+        worker.kill()
