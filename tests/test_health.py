@@ -67,10 +67,28 @@ def running_task(engine: Engine, contacts: int = 3) -> int:
     return tasks_mod.create_task(engine, "t", "s", text_body="x", start=True)
 
 
+def send_all(engine: Engine) -> None:
+    """Every sub-task sent through service 1, each with its send attempt, as a worker
+    leaves them."""
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE sub_tasks SET status = 'sent', service_id = 1, sent_at = 1000,"
+                " finished_at = 1000, provider_message_id = 'pm-' || id"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO send_attempts (sub_task_id, service_id, lease_token, started_at,"
+                " finished_at, outcome, provider_message_id)"
+                " SELECT id, 1, 'x', 999, 1000, 'sent', provider_message_id FROM sub_tasks"
+            )
+        )
+
+
 def test_a_healthy_installation_is_ok_everywhere(database: Engine, client: httpx.Client) -> None:
     running_task(database)
-    with database.begin() as conn:
-        conn.execute(text("UPDATE sub_tasks SET status = 'sent', sent_at = 1"))
+    send_all(database)
     results = run_checks(database, SETTINGS)
     assert {r.name: r.status for r in results} == {
         "database": OK,
@@ -80,6 +98,7 @@ def test_a_healthy_installation_is_ok_everywhere(database: Engine, client: httpx
         "queue_age": OK,
         "unknown_outcomes": OK,
         "events": OK,
+        "invariants": OK,
     }
     answer = client.get("/health")
     assert answer.status_code == 200 and answer.json()["status"] == OK
@@ -211,3 +230,55 @@ def test_a_worker_killed_stops_its_heartbeat(
         wait_for(lambda: status() == OK, 15, "the new worker noticed")
     finally:
         worker.kill()
+
+
+def test_invariants_broken_by_hand_are_critical(database: Engine, client: httpx.Client) -> None:
+    task_id = running_task(database, contacts=3)
+    send_all(database)
+    body = [
+        {"event": "opened", "provider_message_id": "pm-1", "timestamp": 2000, "event_id": "o1"},
+        {"event": "clicked", "provider_message_id": "pm-2", "timestamp": 2100, "event_id": "c2"},
+        {"event": "bounce", "provider_message_id": "pm-3", "timestamp": 2200, "event_id": "b3",
+         "data": {"bounce_type": "hard"}},
+    ]  # fmt: skip
+    log_request(database, "generic", {}, json.dumps(body).encode())
+    process_batch(database)
+    assert check(database, "invariants").status == OK
+
+    with database.begin() as conn:  # a delivery fact changed by hand
+        conn.execute(text("UPDATE sub_tasks SET open_count = 5 WHERE id = 1"))
+    result = check(database, "invariants")
+    assert result.status == CRITICAL and result.value["facts_not_from_events"] == 1
+    assert "1 sub-tasks whose delivery facts differ from their applied events" in result.message
+    assert client.get("/health").status_code == 503
+    with database.begin() as conn:
+        conn.execute(text("UPDATE sub_tasks SET open_count = 1 WHERE id = 1"))
+    assert check(database, "invariants").status == OK
+
+    with database.begin() as conn:  # a hard bounce turned soft by hand
+        conn.execute(text("UPDATE sub_tasks SET bounce_type = 'soft' WHERE id = 3"))
+    assert check(database, "invariants").value["facts_not_from_events"] == 1
+    with database.begin() as conn:
+        conn.execute(text("UPDATE sub_tasks SET bounce_type = 'hard' WHERE id = 3"))
+
+    with database.begin() as conn:  # a task marked completed with a row still to send
+        conn.execute(text("UPDATE sub_tasks SET status = 'pending' WHERE id = 2"))
+        conn.execute(text("UPDATE tasks SET status = 'completed' WHERE id = :t"), {"t": task_id})
+    result = check(database, "invariants")
+    assert result.status == CRITICAL and result.value["open_in_completed"] == 1
+    with database.begin() as conn:
+        conn.execute(text("UPDATE sub_tasks SET status = 'sent' WHERE id = 2"))
+    assert check(database, "invariants").status == OK
+
+    with database.begin() as conn:  # a claim without its lease
+        conn.execute(text("UPDATE sub_tasks SET status = 'allocated' WHERE id = 2"))
+    assert check(database, "invariants").value["leased_without_lease"] == 1
+    with database.begin() as conn:  # sent, with no attempt on record
+        conn.execute(text("UPDATE sub_tasks SET status = 'sent' WHERE id = 2"))
+        conn.execute(text("DELETE FROM send_attempts WHERE sub_task_id = 2"))
+    assert check(database, "invariants").value == {
+        "leased_without_lease": 0,
+        "open_in_completed": 0,
+        "sent_without_attempt": 1,
+        "facts_not_from_events": 0,
+    }

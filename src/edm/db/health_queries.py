@@ -64,3 +64,51 @@ EVENT_TROUBLE = both("""
        WHERE status = 'error' AND created_at >= {now} - :window) AS errors,
       (SELECT count(*) FROM webhook_requests
        WHERE status = 'invalid' AND received_at >= {now} - :window) AS invalid""")
+
+
+def _same(left: str, right: str) -> str:
+    """Equal, NULL equal to NULL (written out: older SQLite lacks IS NOT DISTINCT FROM)."""
+    return f"({left} = {right} OR ({left} IS NULL AND {right} IS NULL))"
+
+
+_FACTS_FROM_EVENTS = """
+    SELECT sub_task_id,
+           sum(CASE WHEN event = 'opened' THEN 1 ELSE 0 END) AS opens,
+           sum(CASE WHEN event = 'clicked' THEN 1 ELSE 0 END) AS clicks,
+           min(CASE WHEN event IN ('delivered', 'opened', 'clicked', 'complained')
+                    THEN occurred_at END) AS delivered_at,
+           min(CASE WHEN event = 'opened' THEN occurred_at END) AS opened_at,
+           min(CASE WHEN event = 'clicked' THEN occurred_at END) AS clicked_at,
+           min(CASE WHEN event IN ('soft_bounce', 'hard_bounce') THEN occurred_at END)
+               AS bounced_at,
+           -- 'hard' sorts first: one hard bounce makes the type hard.
+           min(CASE WHEN event = 'hard_bounce' THEN 'hard'
+                    WHEN event = 'soft_bounce' THEN 'soft' END) AS bounce_type,
+           min(CASE WHEN event = 'complained' THEN occurred_at END) AS complained_at,
+           min(CASE WHEN event = 'unsubscribed' THEN occurred_at END) AS unsubscribed_at
+    FROM events WHERE status = 'applied' AND sub_task_id IS NOT NULL GROUP BY sub_task_id"""
+
+# The facts that must always hold, each counted: a count above zero is a violation.
+# A sub-task's delivery facts must be exactly what its applied events imply.
+INVARIANTS = both(f"""
+    SELECT
+      (SELECT count(*) FROM sub_tasks
+       WHERE status IN ('allocated', 'sending')
+         AND (lease_token IS NULL OR lease_expires_at IS NULL)) AS leased_without_lease,
+      (SELECT count(*) FROM sub_tasks s JOIN tasks t ON t.id = s.task_id
+       WHERE t.status = 'completed'
+         AND s.status IN ('pending', 'allocated', 'sending', 'unknown')) AS open_in_completed,
+      (SELECT count(*) FROM sub_tasks s
+       WHERE s.status = 'sent'
+         AND NOT EXISTS (SELECT 1 FROM send_attempts a WHERE a.sub_task_id = s.id))
+          AS sent_without_attempt,
+      (SELECT count(*) FROM sub_tasks s LEFT JOIN ({_FACTS_FROM_EVENTS}) e
+         ON e.sub_task_id = s.id
+       WHERE s.open_count <> coalesce(e.opens, 0) OR s.click_count <> coalesce(e.clicks, 0)
+          OR NOT {_same("s.delivered_at", "e.delivered_at")}
+          OR NOT {_same("s.opened_at", "e.opened_at")}
+          OR NOT {_same("s.clicked_at", "e.clicked_at")}
+          OR NOT {_same("s.bounced_at", "e.bounced_at")}
+          OR NOT {_same("s.complained_at", "e.complained_at")}
+          OR NOT {_same("s.unsubscribed_at", "e.unsubscribed_at")}
+          OR NOT {_same("s.bounce_type", "e.bounce_type")}) AS facts_not_from_events""")

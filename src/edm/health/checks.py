@@ -115,7 +115,7 @@ def _services_running(conn: Connection, settings: Settings, now: float) -> Check
         sentence = (
             f"{row.name} has no live worker since {_at(row.last_beat)}"
             if row.last_beat is not None
-            else f"{row.name} has never had a live worker"
+            else f"{row.name} has no running worker"
         )
         sentences.append(sentence + (f"; last error: {error[:200]}" if error else ""))
     return CheckResult(
@@ -262,6 +262,33 @@ def _events(conn: Connection, settings: Settings, now: float) -> CheckResult:
     )
 
 
+# What each invariant's violation means, for the sentence.
+VIOLATIONS = {
+    "leased_without_lease": "sub-tasks allocated or sending without a lease",
+    "open_in_completed": "unfinished sub-tasks in completed tasks",
+    "sent_without_attempt": "sent sub-tasks without a send attempt",
+    "facts_not_from_events": "sub-tasks whose delivery facts differ from their applied events",
+}
+
+
+def _invariants(conn: Connection, settings: Settings, now: float) -> CheckResult:
+    row = conn.execute(query(hq.INVARIANTS, conn.dialect.name)).one()
+    counts = {name: int(getattr(row, name)) for name in VIOLATIONS}
+    threshold = "no violation"
+    broken = {name: n for name, n in counts.items() if n}
+    if not broken:
+        return CheckResult("invariants", OK, counts, threshold, "every invariant holds")
+    described = "; ".join(f"{n} {VIOLATIONS[name]}" for name, n in broken.items())
+    return CheckResult(
+        "invariants",
+        CRITICAL,
+        counts,
+        threshold,
+        f"{described}: something changed the database outside edm's rules (a hand edit,"
+        " a restore); see docs/architecture.md for what each fact means",
+    )
+
+
 CHECKS: tuple[Callable[[Connection, Settings, float], CheckResult], ...] = (
     _services_running,
     _frozen_services,
@@ -269,4 +296,5 @@ CHECKS: tuple[Callable[[Connection, Settings, float], CheckResult], ...] = (
     _queue_age,
     _unknown_outcomes,
     _events,
+    _invariants,
 )
