@@ -99,6 +99,9 @@ def test_a_healthy_installation_is_ok_everywhere(database: Engine, client: httpx
         "unknown_outcomes": OK,
         "events": OK,
         "invariants": OK,
+        "webhook_silence": OK,
+        "send_success": OK,
+        "reputation": OK,
     }
     answer = client.get("/health")
     assert answer.status_code == 200 and answer.json()["status"] == OK
@@ -282,3 +285,71 @@ def test_invariants_broken_by_hand_are_critical(database: Engine, client: httpx.
         "sent_without_attempt": 1,
         "facts_not_from_events": 0,
     }
+
+
+def attempts(engine: Engine, service_id: int, outcomes: dict[str, int], age: float) -> None:
+    """Provider calls of a service, finished `age` seconds ago."""
+    rows = [outcome for outcome, n in outcomes.items() for _ in range(n)]
+    at = time.time() - age
+    with engine.begin() as conn:
+        for n, outcome in enumerate(rows):
+            conn.execute(
+                text(
+                    "INSERT INTO send_attempts (sub_task_id, service_id, lease_token, started_at,"
+                    " finished_at, outcome) VALUES (:sub, :service, 'x', :t, :t, :outcome)"
+                ),
+                {
+                    "sub": n % 3 + 1,
+                    "service": service_id,
+                    "t": at,
+                    "outcome": outcome,
+                },
+            )
+
+
+def test_a_provider_that_was_sent_to_but_never_calls_back(database: Engine) -> None:
+    running_task(database)  # service 1: a sandbox without events posts no webhooks
+    options = {"api_user": "u", "api_key": "k"}
+    services_mod.add_service(database, "glodamarket.fun", "engagelab", 0.0, options=options)
+    attempts(database, 1, {"sent": 3}, age=1200)
+    assert check(database, "webhook_silence").status == OK
+    attempts(database, 2, {"sent": 3}, age=1200)  # 20 minutes ago, past the grace
+    result = check(database, "webhook_silence")
+    assert result.status == CRITICAL and result.value == {"engagelab": "silent"}
+    assert "no engagelab webhook since never though glodamarket.fun sent" in result.message
+    log_request(database, "engagelab", {}, b"[]")
+    assert check(database, "webhook_silence").value == {"engagelab": "ok"}
+
+
+def test_send_success_rate_per_service(database: Engine) -> None:
+    running_task(database)
+    attempts(database, 1, {"sent": 18, "transient": 1}, age=60)
+    assert check(database, "send_success").status == OK  # 19 calls: too few to judge
+    attempts(database, 1, {"service": 1}, age=60)
+    result = check(database, "send_success")
+    assert (result.status, result.value) == (WARN, {"s": 0.9})
+    attempts(database, 1, {"service": 5}, age=60)
+    assert check(database, "send_success").status == CRITICAL
+    assert "s 72.0%" in check(database, "send_success").message
+
+
+def test_sender_reputation_per_service(database: Engine) -> None:
+    running_task(database, contacts=200)
+    send_all(database)
+    now = time.time()
+
+    def facts(sql: str) -> None:
+        with database.begin() as conn:
+            conn.execute(text(sql), {"t": now - 100})
+
+    facts("UPDATE sub_tasks SET sent_at = :t, delivered_at = :t")
+    assert check(database, "reputation").status == OK
+    facts("UPDATE sub_tasks SET bounce_type = 'hard', delivered_at = NULL WHERE id <= 6")
+    result = check(database, "reputation")
+    assert result.status == WARN and "s: hard bounces 3.0%" in result.message
+    facts("UPDATE sub_tasks SET bounce_type = 'hard', delivered_at = NULL WHERE id <= 12")
+    assert check(database, "reputation").status == CRITICAL
+    facts("UPDATE sub_tasks SET bounce_type = NULL, delivered_at = :t")
+    facts("UPDATE sub_tasks SET complained_at = :t WHERE id = 1")  # 1 of 200 delivered: 0.5 %
+    result = check(database, "reputation")
+    assert result.status == CRITICAL and "s: complaints 0.5%" in result.message

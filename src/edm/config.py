@@ -79,6 +79,20 @@ class Settings(BaseSettings):
     health_unknown_warn_seconds: float = Field(600.0, gt=0)
     health_unmatched_warn_seconds: float = Field(600.0, gt=0)
     health_events_window_seconds: float = Field(3600.0, gt=0)
+    webhook_silence_seconds: float = Field(
+        3600.0, gt=0, description="a provider that was sent to must post within this long"
+    )
+    health_webhook_grace_seconds: float = Field(600.0, ge=0)
+    health_success_window_seconds: float = Field(900.0, gt=0)
+    health_success_warn: float = Field(0.95, ge=0, le=1)
+    health_success_critical: float = Field(0.80, ge=0, le=1)
+    health_success_min_calls: int = Field(20, ge=1)
+    health_reputation_window_seconds: float = Field(86400.0, gt=0)
+    health_reputation_min_sent: int = Field(200, ge=1)
+    health_bounce_warn: float = Field(0.02, ge=0, le=1)
+    health_bounce_critical: float = Field(0.05, ge=0, le=1)
+    health_complaint_warn: float = Field(0.001, ge=0, le=1)
+    health_complaint_critical: float = Field(0.003, ge=0, le=1)
 
     @field_validator("database_url")
     @classmethod

@@ -112,3 +112,31 @@ INVARIANTS = both(f"""
           OR NOT {_same("s.complained_at", "e.complained_at")}
           OR NOT {_same("s.unsubscribed_at", "e.unsubscribed_at")}
           OR NOT {_same("s.bounce_type", "e.bounce_type")}) AS facts_not_from_events""")
+
+# Each service and the last message it handed to its provider since `:since`.
+SERVICES_SENT_SINCE = both("""
+    SELECT s.name, s.provider, s.options,
+           (SELECT max(a.finished_at) FROM send_attempts a
+            WHERE a.service_id = s.id AND a.outcome = 'sent' AND a.finished_at >= :since)
+               AS last_sent
+    FROM services s ORDER BY s.id""")
+
+LAST_WEBHOOK = both("SELECT max(received_at) FROM webhook_requests WHERE provider = :provider")
+
+# Per service, its provider calls since `:since` and how many the provider accepted.
+SEND_OUTCOMES = both("""
+    SELECT s.name, count(*) AS calls,
+           sum(CASE WHEN a.outcome = 'sent' THEN 1 ELSE 0 END) AS accepted
+    FROM services s JOIN send_attempts a ON a.service_id = s.id
+    WHERE a.finished_at >= :since
+    GROUP BY s.id, s.name ORDER BY s.id""")
+
+# Per service, what became of the messages it sent since `:since`.
+REPUTATION = both("""
+    SELECT s.name, count(*) AS sent,
+           sum(CASE WHEN x.bounce_type = 'hard' THEN 1 ELSE 0 END) AS hard_bounces,
+           sum(CASE WHEN x.delivered_at IS NOT NULL THEN 1 ELSE 0 END) AS delivered,
+           sum(CASE WHEN x.complained_at IS NOT NULL THEN 1 ELSE 0 END) AS complaints
+    FROM services s JOIN sub_tasks x ON x.service_id = s.id
+    WHERE x.sent_at >= :since
+    GROUP BY s.id, s.name ORDER BY s.id""")

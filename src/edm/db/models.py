@@ -152,6 +152,8 @@ class SubTask(Base):
         Index("ix_sub_tasks_task_status", "task_id", "status"),
         # Webhooks name a message by the provider's id (EngageLab `email_id`).
         Index("ix_sub_tasks_provider_message_id", "provider_message_id"),
+        # Sender reputation: what a service sent lately.
+        Index("ix_sub_tasks_service_sent", "service_id", "sent_at"),
         Index(
             "ix_sub_tasks_status_unknown",
             "id",
@@ -203,6 +205,8 @@ class SendAttempt(Base):
     """One provider call, appended whatever the fence says, so no real outcome is lost."""
 
     __tablename__ = "send_attempts"
+    # Send success rate: a service's calls lately.
+    __table_args__ = (Index("ix_send_attempts_service_finished", "service_id", "finished_at"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     sub_task_id: Mapped[int] = mapped_column(
@@ -254,7 +258,11 @@ class WebhookRequest(Base):
     anything is parsed, so no event is lost to a bug or a crash further on."""
 
     __tablename__ = "webhook_requests"
-    __table_args__ = (Index("ix_webhook_requests_status_received", "status", "received_at"),)
+    __table_args__ = (
+        Index("ix_webhook_requests_status_received", "status", "received_at"),
+        # Webhook silence: the last request from each provider.
+        Index("ix_webhook_requests_provider_received", "provider", "received_at"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     provider: Mapped[str] = mapped_column(String(50))

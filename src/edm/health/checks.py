@@ -9,6 +9,7 @@ there to report.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -262,6 +263,150 @@ def _events(conn: Connection, settings: Settings, now: float) -> CheckResult:
     )
 
 
+def _webhook_provider(provider: str, options: dict[str, Any] | str | None) -> str | None:
+    """The webhook endpoint a service's provider posts its events to, if it posts any."""
+    if isinstance(options, str):
+        options = json.loads(options or "{}")
+    if provider == "engagelab":
+        return "engagelab"
+    if provider == "sandbox" and (options or {}).get("events"):
+        return "generic"
+    return None  # SMTP has no tracking webhooks
+
+
+def _webhook_silence(conn: Connection, settings: Settings, now: float) -> CheckResult:
+    window, grace = settings.webhook_silence_seconds, settings.health_webhook_grace_seconds
+    threshold = f"an event within {_ago(window)} of sending (after {_ago(grace)} of grace)"
+    services = conn.execute(
+        query(hq.SERVICES_SENT_SINCE, conn.dialect.name), {"since": now - window - grace}
+    ).all()
+    senders: dict[str, list[str]] = {}
+    for service in services:
+        webhook = _webhook_provider(service.provider, service.options)
+        # Sent within the window, and long enough ago for its events to have come.
+        if webhook and service.last_sent is not None and service.last_sent <= now - grace:
+            senders.setdefault(webhook, []).append(service.name)
+    silent: dict[str, float | None] = {}
+    for webhook in senders:
+        last = conn.execute(
+            query(hq.LAST_WEBHOOK, conn.dialect.name), {"provider": webhook}
+        ).scalar()
+        if last is None or last < now - window:
+            silent[webhook] = last
+    value = {webhook: ("silent" if webhook in silent else "ok") for webhook in senders}
+    if not silent:
+        return CheckResult("webhook_silence", OK, value, threshold, "webhooks are coming in")
+    described = "; ".join(
+        f"no {webhook} webhook since {_at(last)} though {', '.join(senders[webhook])} sent"
+        for webhook, last in silent.items()
+    )
+    return CheckResult(
+        "webhook_silence",
+        CRITICAL,
+        value,
+        threshold,
+        f"{described}: check the webhook URL in the provider's console (`edm serve` prints"
+        " it) and that `edm serve` is reachable from the internet",
+    )
+
+
+def _rated(
+    name: str, rate: float, warn: float, critical: float, below: bool
+) -> tuple[str, str] | None:
+    """(status, description) when `rate` crosses a threshold (`below`: low is bad)."""
+    crossed = (lambda limit: rate < limit) if below else (lambda limit: rate > limit)
+    if crossed(critical):
+        return CRITICAL, f"{name} {rate:.1%}"
+    if crossed(warn):
+        return WARN, f"{name} {rate:.1%}"
+    return None
+
+
+def _send_success(conn: Connection, settings: Settings, now: float) -> CheckResult:
+    window = settings.health_success_window_seconds
+    threshold = (
+        f"accepted / calls over {_ago(window)}: warn < {settings.health_success_warn:.0%},"
+        f" critical < {settings.health_success_critical:.0%}"
+        f" (at least {settings.health_success_min_calls} calls)"
+    )
+    rows = conn.execute(query(hq.SEND_OUTCOMES, conn.dialect.name), {"since": now - window}).all()
+    value = {row.name: round(int(row.accepted) / int(row.calls), 4) for row in rows}
+    found = [
+        flagged
+        for row in rows
+        if int(row.calls) >= settings.health_success_min_calls
+        and (
+            flagged := _rated(
+                row.name,
+                int(row.accepted) / int(row.calls),
+                settings.health_success_warn,
+                settings.health_success_critical,
+                below=True,
+            )
+        )
+    ]
+    if not found:
+        return CheckResult("send_success", OK, value, threshold, "providers accept what is sent")
+    return CheckResult(
+        "send_success",
+        max((status for status, _ in found), key=SEVERITY.__getitem__),
+        value,
+        threshold,
+        "providers accept too few calls: "
+        + ", ".join(text for _, text in found)
+        + ": `edm service list` shows each service's last error",
+    )
+
+
+def _reputation(conn: Connection, settings: Settings, now: float) -> CheckResult:
+    window = settings.health_reputation_window_seconds
+    threshold = (
+        f"over {_ago(window)}, at least {settings.health_reputation_min_sent} sent: hard bounces"
+        f" / sent warn {settings.health_bounce_warn:.0%}, critical"
+        f" {settings.health_bounce_critical:.0%}; complaints / delivered warn"
+        f" {settings.health_complaint_warn:.1%}, critical {settings.health_complaint_critical:.1%}"
+    )
+    rows = conn.execute(query(hq.REPUTATION, conn.dialect.name), {"since": now - window}).all()
+    value: dict[str, dict[str, float]] = {}
+    found: list[tuple[str, str]] = []
+    for row in rows:
+        sent, delivered = int(row.sent), int(row.delivered)
+        bounces = int(row.hard_bounces) / sent
+        complaints = int(row.complaints) / delivered if delivered else 0.0
+        value[row.name] = {"hard_bounces": round(bounces, 4), "complaints": round(complaints, 4)}
+        if sent < settings.health_reputation_min_sent:
+            continue
+        for flagged in (
+            _rated(
+                f"{row.name}: hard bounces",
+                bounces,
+                settings.health_bounce_warn,
+                settings.health_bounce_critical,
+                below=False,
+            ),
+            _rated(
+                f"{row.name}: complaints",
+                complaints,
+                settings.health_complaint_warn,
+                settings.health_complaint_critical,
+                below=False,
+            ),
+        ):
+            if flagged:
+                found.append(flagged)
+    if not found:
+        return CheckResult("reputation", OK, value, threshold, "bounces and complaints are low")
+    return CheckResult(
+        "reputation",
+        max((status for status, _ in found), key=SEVERITY.__getitem__),
+        value,
+        threshold,
+        "; ".join(text for _, text in found)
+        + ": a list this bad can get a sending domain blocked; clean the list"
+        " (`edm contacts`), or freeze the service (`edm service freeze NAME`)",
+    )
+
+
 # What each invariant's violation means, for the sentence.
 VIOLATIONS = {
     "leased_without_lease": "sub-tasks allocated or sending without a lease",
@@ -297,4 +442,7 @@ CHECKS: tuple[Callable[[Connection, Settings, float], CheckResult], ...] = (
     _unknown_outcomes,
     _events,
     _invariants,
+    _webhook_silence,
+    _send_success,
+    _reputation,
 )
