@@ -330,7 +330,7 @@ def test_send_success_rate_per_service(database: Engine) -> None:
     assert (result.status, result.value) == (WARN, {"s": 0.9})
     attempts(database, 1, {"service": 5}, age=60)
     assert check(database, "send_success").status == CRITICAL
-    assert "s 72.0%" in check(database, "send_success").message
+    assert "s accepted 72.0% of 25 calls" in check(database, "send_success").message
 
 
 def test_sender_reputation_per_service(database: Engine) -> None:

@@ -311,15 +311,31 @@ def _webhook_silence(conn: Connection, settings: Settings, now: float) -> CheckR
 
 
 def _rated(
-    name: str, rate: float, warn: float, critical: float, below: bool
+    description: str, rate: float, warn: float, critical: float, below: bool
 ) -> tuple[str, str] | None:
     """(status, description) when `rate` crosses a threshold (`below`: low is bad)."""
     crossed = (lambda limit: rate < limit) if below else (lambda limit: rate > limit)
     if crossed(critical):
-        return CRITICAL, f"{name} {rate:.1%}"
+        return CRITICAL, description
     if crossed(warn):
-        return WARN, f"{name} {rate:.1%}"
+        return WARN, description
     return None
+
+
+def _judged(
+    name: str,
+    value: Any,
+    threshold: str,
+    flags: list[tuple[str, str]],
+    ok: str,
+    advice: str,
+) -> CheckResult:
+    """`ok` when nothing is flagged; else the worst flag's status, every flag, the advice."""
+    if not flags:
+        return CheckResult(name, OK, value, threshold, ok)
+    status = max((status for status, _ in flags), key=SEVERITY.__getitem__)
+    described = "; ".join(text for _, text in flags)
+    return CheckResult(name, status, value, threshold, f"{described}: {advice}")
 
 
 def _send_success(conn: Connection, settings: Settings, now: float) -> CheckResult:
@@ -330,31 +346,29 @@ def _send_success(conn: Connection, settings: Settings, now: float) -> CheckResu
         f" (at least {settings.health_success_min_calls} calls)"
     )
     rows = conn.execute(query(hq.SEND_OUTCOMES, conn.dialect.name), {"since": now - window}).all()
-    value = {row.name: round(int(row.accepted) / int(row.calls), 4) for row in rows}
-    found = [
-        flagged
-        for row in rows
-        if int(row.calls) >= settings.health_success_min_calls
-        and (
-            flagged := _rated(
-                row.name,
-                int(row.accepted) / int(row.calls),
-                settings.health_success_warn,
-                settings.health_success_critical,
-                below=True,
-            )
+    value: dict[str, float] = {}
+    flags: list[tuple[str, str]] = []
+    for row in rows:
+        rate = int(row.accepted) / int(row.calls)
+        value[row.name] = round(rate, 4)
+        if int(row.calls) < settings.health_success_min_calls:
+            continue
+        flag = _rated(
+            f"{row.name} accepted {rate:.1%} of {row.calls} calls",
+            rate,
+            settings.health_success_warn,
+            settings.health_success_critical,
+            below=True,
         )
-    ]
-    if not found:
-        return CheckResult("send_success", OK, value, threshold, "providers accept what is sent")
-    return CheckResult(
+        if flag:
+            flags.append(flag)
+    return _judged(
         "send_success",
-        max((status for status, _ in found), key=SEVERITY.__getitem__),
         value,
         threshold,
-        "providers accept too few calls: "
-        + ", ".join(text for _, text in found)
-        + ": `edm service list` shows each service's last error",
+        flags,
+        "providers accept what is sent",
+        "`edm service list` shows each service's last error",
     )
 
 
@@ -368,7 +382,7 @@ def _reputation(conn: Connection, settings: Settings, now: float) -> CheckResult
     )
     rows = conn.execute(query(hq.REPUTATION, conn.dialect.name), {"since": now - window}).all()
     value: dict[str, dict[str, float]] = {}
-    found: list[tuple[str, str]] = []
+    flags: list[tuple[str, str]] = []
     for row in rows:
         sent, delivered = int(row.sent), int(row.delivered)
         bounces = int(row.hard_bounces) / sent
@@ -376,34 +390,27 @@ def _reputation(conn: Connection, settings: Settings, now: float) -> CheckResult
         value[row.name] = {"hard_bounces": round(bounces, 4), "complaints": round(complaints, 4)}
         if sent < settings.health_reputation_min_sent:
             continue
-        for flagged in (
-            _rated(
-                f"{row.name}: hard bounces",
-                bounces,
-                settings.health_bounce_warn,
-                settings.health_bounce_critical,
-                below=False,
-            ),
-            _rated(
-                f"{row.name}: complaints",
+        limits = (
+            ("hard bounces", bounces, settings.health_bounce_warn, settings.health_bounce_critical),
+            (
+                "complaints",
                 complaints,
                 settings.health_complaint_warn,
                 settings.health_complaint_critical,
-                below=False,
             ),
-        ):
-            if flagged:
-                found.append(flagged)
-    if not found:
-        return CheckResult("reputation", OK, value, threshold, "bounces and complaints are low")
-    return CheckResult(
+        )
+        for what, rate, warn, critical in limits:
+            flag = _rated(f"{row.name}: {what} {rate:.1%}", rate, warn, critical, below=False)
+            if flag:
+                flags.append(flag)
+    return _judged(
         "reputation",
-        max((status for status, _ in found), key=SEVERITY.__getitem__),
         value,
         threshold,
-        "; ".join(text for _, text in found)
-        + ": a list this bad can get a sending domain blocked; clean the list"
-        " (`edm contacts`), or freeze the service (`edm service freeze NAME`)",
+        flags,
+        "bounces and complaints are low",
+        "a list this bad can get a sending domain blocked; clean the list, or freeze the"
+        " service (`edm service freeze NAME`)",
     )
 
 
