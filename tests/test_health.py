@@ -353,3 +353,42 @@ def test_sender_reputation_per_service(database: Engine) -> None:
     facts("UPDATE sub_tasks SET complained_at = :t WHERE id = 1")  # 1 of 200 delivered: 0.5 %
     result = check(database, "reputation")
     assert result.status == CRITICAL and "s: complaints 0.5%" in result.message
+
+
+def test_repair_sets_facts_again_from_the_event_log(database: Engine) -> None:
+    running_task(database, contacts=3)
+    send_all(database)
+    body = [
+        {"event": "opened", "provider_message_id": "pm-1", "timestamp": 2000, "event_id": "o1"},
+        {"event": "opened", "provider_message_id": "pm-1", "timestamp": 2500, "event_id": "o2"},
+        {"event": "delivered", "provider_message_id": "pm-2", "timestamp": 1900, "event_id": "d2"},
+    ]
+    log_request(database, "generic", {}, json.dumps(body).encode())
+    process_batch(database)
+    with database.begin() as conn:  # hand edits: a count, a time, a fact with no event
+        conn.execute(text("UPDATE sub_tasks SET open_count = 7, opened_at = 1 WHERE id = 1"))
+        conn.execute(text("UPDATE sub_tasks SET delivered_at = NULL WHERE id = 2"))
+        conn.execute(text("UPDATE sub_tasks SET clicked_at = 5 WHERE id = 3"))
+    assert check(database, "invariants").value["facts_not_from_events"] == 3
+
+    code, stdout, _ = edm("repair", "--dry-run", "--json")
+    facts = next(r for r in json.loads(stdout)["repairs"] if r["kind"] == "facts")
+    assert code == 0 and facts["count"] == 3 and "would be set again" in facts["detail"]
+    assert check(database, "invariants").status == CRITICAL  # a dry run changes nothing
+
+    code, stdout, _ = edm("repair")
+    assert code == 0 and "sub-tasks 1, 2, 3 set again" in stdout.replace("\n", " ")
+    assert check(database, "invariants").status == OK
+    with database.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT open_count, opened_at, delivered_at, clicked_at FROM sub_tasks ORDER BY id"
+            )
+        ).all()
+    assert [tuple(row) for row in rows] == [
+        (2, 2000, 2000, None),
+        (0, None, 1900, None),
+        (0, None, None, None),
+    ]
+    code, stdout, _ = edm("repair", "--json")  # nothing left to do
+    assert {r["kind"]: r["count"] for r in json.loads(stdout)["repairs"]}["facts"] == 0

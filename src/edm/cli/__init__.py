@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from edm.cli import contacts, db, events, health, run, serve, services, tasks
+from edm.cli import contacts, db, events, health, repair, run, serve, services, tasks
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -27,6 +27,7 @@ app.command("worker")(run.worker)
 app.command("demo")(run.demo)
 app.command("serve")(serve.serve)
 app.command("health")(health.health)
+app.command("repair")(repair.repair)
 
 
 def _print_version(value: bool) -> None:

@@ -67,8 +67,12 @@ EVENT_TROUBLE = both("""
 
 
 def _same(left: str, right: str) -> str:
-    """Equal, NULL equal to NULL (written out: older SQLite lacks IS NOT DISTINCT FROM)."""
-    return f"({left} = {right} OR ({left} IS NULL AND {right} IS NULL))"
+    """Equal, NULL equal to NULL and to nothing else (written out: older SQLite lacks IS NOT
+    DISTINCT FROM; a CASE, since `x = NULL` is NULL and would hide the difference)."""
+    return (
+        f"(CASE WHEN {left} = {right} OR ({left} IS NULL AND {right} IS NULL)"
+        " THEN 1 ELSE 0 END = 1)"
+    )
 
 
 _FACTS_FROM_EVENTS = """
@@ -88,8 +92,19 @@ _FACTS_FROM_EVENTS = """
            min(CASE WHEN event = 'unsubscribed' THEN occurred_at END) AS unsubscribed_at
     FROM events WHERE status = 'applied' AND sub_task_id IS NOT NULL GROUP BY sub_task_id"""
 
+# Sub-tasks whose delivery facts are not exactly what their applied events imply.
+_MISMATCHED_FACTS = f"""
+    SELECT s.id FROM sub_tasks s LEFT JOIN ({_FACTS_FROM_EVENTS}) e ON e.sub_task_id = s.id
+    WHERE s.open_count <> coalesce(e.opens, 0) OR s.click_count <> coalesce(e.clicks, 0)
+       OR NOT {_same("s.delivered_at", "e.delivered_at")}
+       OR NOT {_same("s.opened_at", "e.opened_at")}
+       OR NOT {_same("s.clicked_at", "e.clicked_at")}
+       OR NOT {_same("s.bounced_at", "e.bounced_at")}
+       OR NOT {_same("s.complained_at", "e.complained_at")}
+       OR NOT {_same("s.unsubscribed_at", "e.unsubscribed_at")}
+       OR NOT {_same("s.bounce_type", "e.bounce_type")}"""
+
 # The facts that must always hold, each counted: a count above zero is a violation.
-# A sub-task's delivery facts must be exactly what its applied events imply.
 INVARIANTS = both(f"""
     SELECT
       (SELECT count(*) FROM sub_tasks
@@ -102,16 +117,42 @@ INVARIANTS = both(f"""
        WHERE s.status = 'sent'
          AND NOT EXISTS (SELECT 1 FROM send_attempts a WHERE a.sub_task_id = s.id))
           AS sent_without_attempt,
-      (SELECT count(*) FROM sub_tasks s LEFT JOIN ({_FACTS_FROM_EVENTS}) e
-         ON e.sub_task_id = s.id
-       WHERE s.open_count <> coalesce(e.opens, 0) OR s.click_count <> coalesce(e.clicks, 0)
-          OR NOT {_same("s.delivered_at", "e.delivered_at")}
-          OR NOT {_same("s.opened_at", "e.opened_at")}
-          OR NOT {_same("s.clicked_at", "e.clicked_at")}
-          OR NOT {_same("s.bounced_at", "e.bounced_at")}
-          OR NOT {_same("s.complained_at", "e.complained_at")}
-          OR NOT {_same("s.unsubscribed_at", "e.unsubscribed_at")}
-          OR NOT {_same("s.bounce_type", "e.bounce_type")}) AS facts_not_from_events""")
+      (SELECT count(*) FROM ({_MISMATCHED_FACTS}) m) AS facts_not_from_events""")
+
+MISMATCHED_FACTS = both(_MISMATCHED_FACTS + " ORDER BY s.id LIMIT :limit")
+
+
+def _from_events(aggregate: str, events: str) -> str:
+    return f"""(SELECT {aggregate} FROM events e WHERE e.sub_task_id = sub_tasks.id
+                  AND e.status = 'applied' AND e.event IN ({events}))"""
+
+
+_IMPLY_DELIVERY = "'delivered', 'opened', 'clicked', 'complained'"
+
+# Repair: the delivery facts of these sub-tasks set again from their applied events.
+REDERIVE_FACTS = both(f"""
+    UPDATE sub_tasks SET
+      open_count = {_from_events("count(*)", "'opened'")},
+      click_count = {_from_events("count(*)", "'clicked'")},
+      delivered_at = {
+    _from_events("min(occurred_at)", "'delivered', 'opened', 'clicked', 'complained'")
+},
+      opened_at = {_from_events("min(occurred_at)", "'opened'")},
+      clicked_at = {_from_events("min(occurred_at)", "'clicked'")},
+      bounced_at = {_from_events("min(occurred_at)", "'soft_bounce', 'hard_bounce'")},
+      bounce_type = {
+    _from_events(
+        "min(CASE WHEN e.event = 'hard_bounce' THEN 'hard' ELSE 'soft' END)",
+        "'soft_bounce', 'hard_bounce'",
+    )
+},
+      complained_at = {_from_events("min(occurred_at)", "'complained'")},
+      unsubscribed_at = {_from_events("min(occurred_at)", "'unsubscribed'")}
+    WHERE id IN :ids""")
+
+# What `edm repair --dry-run` says the event retry would take.
+EVENTS_TO_RETRY_COUNT = both("""
+    SELECT count(*) FROM events WHERE status IN ('received', 'unmatched', 'error')""")
 
 # Each service and the last message it handed to its provider since `:since`.
 SERVICES_SENT_SINCE = both("""
