@@ -392,3 +392,28 @@ def test_repair_sets_facts_again_from_the_event_log(database: Engine) -> None:
     ]
     code, stdout, _ = edm("repair", "--json")  # nothing left to do
     assert {r["kind"]: r["count"] for r in json.loads(stdout)["repairs"]}["facts"] == 0
+
+
+def test_a_running_worker_repairs_facts_by_itself(
+    engine: Engine, env: dict[str, str], tmp_path: Path
+) -> None:
+    running_task(engine, contacts=2)
+    send_all(engine)
+    body = {"event": "opened", "provider_message_id": "pm-1", "timestamp": 2000, "event_id": "o"}
+    log_request(engine, "generic", {}, json.dumps(body).encode())
+    process_batch(engine)
+
+    def broken() -> int:
+        return check(engine, "invariants").value["facts_not_from_events"]
+
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE sub_tasks SET open_count = 9 WHERE id = 1"))
+    worker = Worker({**env, "EDM_REPAIR_SECONDS": "0.3"}, tmp_path)
+    try:
+        wait_for(lambda: broken() == 0, 15, "the facts repaired at start-up")
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE sub_tasks SET delivered_at = NULL WHERE id = 1"))
+        wait_for(lambda: broken() == 0, 10, "the facts repaired again")
+    finally:
+        worker.terminate()
+    assert "repair: delivery facts of sub-tasks 1 set again" in worker.stderr

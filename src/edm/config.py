@@ -67,6 +67,7 @@ class Settings(BaseSettings):
     restart_backoff_seconds: float = Field(1.0, gt=0)
     restart_backoff_max_seconds: float = Field(60.0, gt=0)
     shutdown_grace_seconds: float = Field(8.0, gt=0, description="SIGTERM to exit, at most")
+    repair_seconds: float = Field(60.0, gt=0, description="how often upkeep also repairs")
 
     # Health checks (`edm health`, `GET /health`): the thresholds.
     health_heartbeat_seconds: float = Field(

@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 
 from edm.api.app import create_app
 from edm.config import Settings
-from edm.scheduler.maintenance import run_upkeep
+from edm.scheduler.maintenance import RepairTimer, run_upkeep
 from edm.scheduler.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -53,9 +53,12 @@ class UpkeepLoop:
         self._stop.set()
 
     async def run(self) -> int:
+        repairs = RepairTimer(self.settings.repair_seconds)
         while not self._stop.is_set():
             try:
-                await asyncio.to_thread(run_upkeep, self.engine, self.settings)
+                await asyncio.to_thread(
+                    run_upkeep, self.engine, self.settings, repair=repairs.due()
+                )
             except Exception:
                 log.exception("upkeep failed; trying again")
             with contextlib.suppress(TimeoutError):

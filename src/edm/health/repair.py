@@ -7,6 +7,7 @@ event log, the source they derive from.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -15,6 +16,8 @@ from sqlalchemy import Engine
 from edm.config import Settings
 from edm.db import health_queries as hq
 from edm.db.queries import query
+
+log = logging.getLogger(__name__)
 
 # Sub-tasks whose facts one run rewrites at most.
 FACTS_PER_RUN = 10_000
@@ -73,6 +76,19 @@ def _events(engine: Engine, settings: Settings, dry_run: bool) -> Repair:
         f"applied on retry; {retried.given_up} unmatched for too long given up,"
         f" {retried.requests} logged requests processed",
     )
+
+
+def repair_facts(engine: Engine) -> Repair:
+    """The facts repair alone (upkeep's, every EDM_REPAIR_SECONDS), logged when it fixed
+    something."""
+    done = _facts(engine, dry_run=False)
+    if done.count:
+        log.warning(
+            "repair: %s",
+            done.detail,
+            extra={"action": "repair", "kind": "facts", "count": done.count},
+        )
+    return done
 
 
 def _facts(engine: Engine, dry_run: bool) -> Repair:

@@ -8,6 +8,7 @@ no sub-task can change by sending any more.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
@@ -35,6 +36,7 @@ class UpkeepReport:
     requests_processed: int = 0
     events_applied: int = 0
     events_given_up: int = 0
+    facts_repaired: int = 0
     notes: list[str] = field(default_factory=list)
 
     def changed(self) -> bool:
@@ -136,15 +138,39 @@ def retry_events(engine: Engine, report: UpkeepReport, settings: Settings | None
     report.requests_processed += retried.requests
 
 
-def run_upkeep(engine: Engine, settings: Settings | None = None) -> UpkeepReport:
+def run_upkeep(
+    engine: Engine, settings: Settings | None = None, *, repair: bool = False
+) -> UpkeepReport:
+    """One pass; with `repair`, also the repairs upkeep does not do every pass (delivery
+    facts set again from the event log where they differ)."""
     report = UpkeepReport()
     reap(engine, report, settings)
     reconcile(engine, report, settings)
     retry_events(engine, report, settings)
     upkeep_tasks(engine, report)
+    if repair:
+        from edm.health.repair import repair_facts
+
+        report.facts_repaired = repair_facts(engine).count
     if report.changed():
         log.info("upkeep: %s", {k: v for k, v in vars(report).items() if v and k != "notes"})
     return report
+
+
+class RepairTimer:
+    """Whether this process's repair is due: every `seconds` (EDM_REPAIR_SECONDS), the
+    first at once. Each process keeps its own; the repairs are safe to run together."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._next = 0.0
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + self.seconds
+        return True
 
 
 def work_left(engine: Engine) -> int:

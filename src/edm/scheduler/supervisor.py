@@ -29,7 +29,7 @@ from edm.db import queries as q
 from edm.db import secrets as db_secrets
 from edm.db.notify import Listener
 from edm.providers.registry import make_provider
-from edm.scheduler.maintenance import run_upkeep, work_left
+from edm.scheduler.maintenance import RepairTimer, run_upkeep, work_left
 from edm.scheduler.worker import ServiceInfo, ServiceWorker
 
 log = logging.getLogger(__name__)
@@ -142,12 +142,15 @@ class Supervisor:
         return 0
 
     async def _upkeep_loop(self) -> None:
+        repairs = RepairTimer(self.settings.repair_seconds)
         while not self._stop.is_set():
             try:
                 # Idleness is seen before upkeep runs, so the upkeep after it completes
                 # every task whose last rows settled in between: none is left `running`.
                 idle = self.exit_when_idle and await asyncio.to_thread(work_left, self.engine) == 0
-                await asyncio.to_thread(run_upkeep, self.engine, self.settings)
+                await asyncio.to_thread(
+                    run_upkeep, self.engine, self.settings, repair=repairs.due()
+                )
                 if idle:
                     self.say("no running task has work left: exiting")
                     self.request_stop()
