@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from edm.events.parsers.base import EVENT_TYPES, IGNORED, WebhookParseError, derived_key
 from edm.events.parsers.engagelab import EngageLabParser
+from edm.events.parsers.generic import FIELDS as GENERIC_FIELDS
 from edm.events.parsers.generic import GenericParser
 from edm.events.parsers.registry import PARSERS, parser_for
 from edm.events.signatures import bearer_or_basic_token, engagelab_signature_valid
@@ -346,19 +347,7 @@ JSON = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=20), inner),
     max_leaves=20,
 )
-FIELD = st.sampled_from(
-    [
-        "event",
-        "subtask_id",
-        "message_id",
-        "provider_message_id",
-        "recipient",
-        "task_id",
-        "timestamp",
-        "event_id",
-        "data",
-    ]
-)
+FIELD = st.sampled_from(sorted(GENERIC_FIELDS))
 NEAR_VALID = st.dictionaries(
     FIELD,
     JSON

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -80,3 +81,34 @@ def decode_json(body: str | bytes) -> Any:
         if isinstance(exc, WebhookParseError):
             raise
         raise WebhookParseError(f"the body is not JSON: {exc}") from None
+
+
+def parse_each(body: Any, parse_one: Callable[[Any], list[ParsedEvent]]) -> list[ParsedEvent]:
+    """An event object or an array of them, each element parsed by `parse_one`. One bad
+    element refuses the whole body, named by its index: the request is kept raw in the
+    event log, so nothing is lost, and a half-applied body would be harder to resend."""
+    if isinstance(body, dict):
+        items: list[Any] = [body]
+    elif isinstance(body, list):
+        items = body
+    else:
+        raise WebhookParseError(
+            f"body must be an event object or an array of them, not {json_kind(body)}"
+        )
+    events: list[ParsedEvent] = []
+    for index, item in enumerate(items):
+        try:
+            events.extend(parse_one(item))
+        except WebhookParseError as exc:
+            raise WebhookParseError(f"event {index}: {exc}") from None
+    return events
+
+
+_KINDS = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
+
+
+def json_kind(value: Any) -> str:
+    """The JSON name of a value's type, for error messages."""
+    if value is None:
+        return "null"
+    return _KINDS.get(type(value), "a number" if isinstance(value, int | float) else "a value")

@@ -13,7 +13,14 @@ import math
 import re
 from typing import Any
 
-from edm.events.parsers.base import IGNORED, ParsedEvent, WebhookParseError, derived_key
+from edm.events.parsers.base import (
+    IGNORED,
+    ParsedEvent,
+    WebhookParseError,
+    derived_key,
+    json_kind,
+    parse_each,
+)
 
 # `message_status` of the `status` envelope.
 STATUS_EVENTS = {
@@ -61,29 +68,13 @@ class EngageLabParser:
     provider = "engagelab"
 
     def parse(self, body: Any) -> list[ParsedEvent]:
-        """Every event of one request. One malformed element fails the whole body: the
-        request is kept raw in the event log, so nothing is lost by refusing it whole, and
-        half-applied requests would be harder to reprocess."""
-        if isinstance(body, dict):
-            items: list[Any] = [body]
-        elif isinstance(body, list):
-            items = body
-        else:
-            raise WebhookParseError(
-                f"body must be an event object or an array of them, not {_kind(body)}"
-            )
-        events: list[ParsedEvent] = []
-        for index, item in enumerate(items):
-            try:
-                events.extend(_parse_one(item))
-            except WebhookParseError as exc:
-                raise WebhookParseError(f"event {index}: {exc}") from None
-        return events
+        """Every event of one request (one malformed element refuses it whole)."""
+        return parse_each(body, _parse_one)
 
 
 def _parse_one(item: Any) -> list[ParsedEvent]:
     if not isinstance(item, dict):
-        raise WebhookParseError(f"must be an object, not {_kind(item)}")
+        raise WebhookParseError(f"must be an object, not {json_kind(item)}")
     occurred_at = _occurred_at(item.get("itime"))
     args = _custom_args(item.get("custom_args"))
     common = {
@@ -180,7 +171,7 @@ def _occurred_at(value: Any) -> float:
     if value is None:
         raise WebhookParseError("`itime` is missing")
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise WebhookParseError(f"`itime` must be a number, not {_kind(value)}")
+        raise WebhookParseError(f"`itime` must be a number, not {json_kind(value)}")
     if not ((isinstance(value, int) or math.isfinite(value)) and 0 <= value <= MAX_EPOCH * 1000):
         raise WebhookParseError(f"`itime` is out of range: {value!r:.50}")
     return float(value) if value < SECONDS_BELOW else value / 1000
@@ -240,7 +231,7 @@ def _first(details: dict[str, Any], keys: tuple[str, ...]) -> str | None:
 
 def _object(value: Any, field: str) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise WebhookParseError(f"`{field}` must be an object, not {_kind(value)}")
+        raise WebhookParseError(f"`{field}` must be an object, not {json_kind(value)}")
     return value
 
 
@@ -249,13 +240,3 @@ def _name(envelope: dict[str, Any], key: str, field: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise WebhookParseError(f"`{field}.{key}` must be a non-empty string")
     return value.strip()[:100]
-
-
-_KINDS = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
-
-
-def _kind(value: Any) -> str:
-    """The JSON name of a value's type, for error messages."""
-    if value is None:
-        return "null"
-    return _KINDS.get(type(value), "a number" if isinstance(value, int | float) else "a value")

@@ -13,7 +13,13 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from edm.events.parsers.base import EVENT_TYPES, ParsedEvent, WebhookParseError, derived_key
+from edm.events.parsers.base import (
+    EVENT_TYPES,
+    ParsedEvent,
+    WebhookParseError,
+    derived_key,
+    parse_each,
+)
 
 FIELDS = frozenset(
     {
@@ -44,21 +50,8 @@ class GenericParser:
     provider = "generic"
 
     def parse(self, body: Any) -> list[ParsedEvent]:
-        """Every event of one request; one bad event refuses the whole body, so a sender
-        fixes and resends it whole rather than guessing which half was applied."""
-        if isinstance(body, dict):
-            items: list[Any] = [body]
-        elif isinstance(body, list):
-            items = body
-        else:
-            raise WebhookParseError("body must be an event object or an array of them")
-        events = []
-        for index, item in enumerate(items):
-            try:
-                events.append(_parse_one(item))
-            except WebhookParseError as exc:
-                raise WebhookParseError(f"event {index}: {exc}") from None
-        return events
+        """Every event of one request (one bad event refuses it whole)."""
+        return parse_each(body, lambda item: [_parse_one(item)])
 
 
 def _parse_one(item: Any) -> ParsedEvent:
