@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -171,3 +172,17 @@ def forget_events(engine: Engine) -> None:
             )
         )
         conn.execute(text("UPDATE contacts SET status = 'active', status_reason = NULL"))
+
+
+def shuffled_requests(bodies: list[dict], seed: int, most: int) -> list[object]:
+    """The event bodies, some of them twice, shuffled and cut into requests of 1 to `most`
+    events (a request of one is the bare event object, as a sender may post it)."""
+    rng = random.Random(seed)
+    shuffled = bodies + rng.sample(bodies, k=rng.randint(0, len(bodies)))
+    rng.shuffle(shuffled)
+    requests: list[object] = []
+    while shuffled:
+        size = rng.randint(1, most)
+        requests.append(shuffled[0] if size == 1 else shuffled[:size])
+        shuffled = shuffled[size:]
+    return requests

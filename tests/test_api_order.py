@@ -4,7 +4,6 @@ contact state as the sorted, de-duplicated sequence posted one request at a time
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from sqlalchemy import Engine, text
 
 from edm.config import Settings
 from tests.api_server import api_server, emptied, sent_task
-from tests.helpers import forget_events, generic_event
+from tests.helpers import forget_events, generic_event, shuffled_requests
 
 TOKEN = "order-token"
 KINDS = ("delivered", "opened", "clicked", "hard", "soft", "complained", "unsubscribed")
@@ -87,14 +86,7 @@ def test_any_order_over_http_gives_the_same_state(client: httpx.Client, db: Engi
         expected = _settled_state(db)
 
         forget_events(db)
-        rng = random.Random(seed)
-        shuffled = bodies + rng.sample(bodies, k=rng.randint(0, len(bodies)))
-        rng.shuffle(shuffled)
-        requests: list[object] = []
-        while shuffled:
-            size = rng.randint(1, 3)
-            requests.append(shuffled[0] if size == 1 else shuffled[:size])
-            shuffled = shuffled[size:]
+        requests = shuffled_requests(bodies, seed, most=3)
         threads = [
             threading.Thread(target=lambda mine=requests[i::3]: [_post(client, b) for b in mine])
             for i in range(3)

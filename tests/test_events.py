@@ -4,7 +4,6 @@ order and repetition do not matter; late and failed events are not lost."""
 from __future__ import annotations
 
 import json
-import random
 import threading
 import time
 
@@ -17,7 +16,7 @@ from edm import services as services_mod
 from edm import tasks as tasks_mod
 from edm.events import pipeline
 from edm.events.intake import log_request
-from tests.helpers import forget_events, generic_event, make_contacts, scalar
+from tests.helpers import forget_events, generic_event, make_contacts, scalar, shuffled_requests
 
 FACTS = (
     "status",
@@ -93,17 +92,10 @@ def test_any_order_and_repetition_gives_the_same_state(engine: Engine) -> None:
         expected = _state(engine)
 
         forget_events(engine)
-        rng = random.Random(seed)
-        shuffled = bodies + rng.sample(bodies, k=rng.randint(0, len(bodies)))
-        rng.shuffle(shuffled)
-        batches: list[list[dict]] = []
-        while shuffled:
-            size = rng.randint(1, 4)
-            batches.append(shuffled[:size])
-            shuffled = shuffled[size:]
+        batches = shuffled_requests(bodies, seed, most=4)
         errors: list[BaseException] = []
 
-        def post_all(mine: list[list[dict]]) -> None:
+        def post_all(mine: list[object]) -> None:
             try:
                 for batch in mine:
                     _post(engine, batch)
