@@ -19,12 +19,12 @@ from edm.config import Settings, get_settings
 from edm.db.engine import make_engine
 from edm.events.intake import log_request
 from edm.events.pipeline import process_batch
-from edm.health.checks import CRITICAL, OK, WARN, CheckResult, run_checks
+from edm.health.checks import CRITICAL, OK, WARN, CachedChecks, CheckResult, run_checks
 from edm.scheduler.maintenance import run_upkeep
 from tests.api_server import api_server, emptied
 from tests.helpers import Worker, edm, make_contacts, wait_for
 
-SETTINGS = Settings(health_heartbeat_seconds=5.0, maintenance_seconds=0.2)
+SETTINGS = Settings(health_heartbeat_seconds=5.0, maintenance_seconds=0.2, health_cache_seconds=0)
 
 
 @pytest.fixture(scope="module")
@@ -417,3 +417,14 @@ def test_a_running_worker_repairs_facts_by_itself(
     finally:
         worker.terminate()
     assert "repair: delivery facts of sub-tasks 1 set again" in worker.stderr
+
+
+def test_health_over_http_is_counted_once_per_cache_period(database: Engine) -> None:
+    services_mod.add_service(database, "s", "sandbox", 0.0)
+    beat(database, 1)
+    cached = CachedChecks(database, SETTINGS, seconds=60)
+    first = cached.results()
+    beat(database, 1, age=600)  # the worker dies; within the period the answer stands
+    assert cached.results() is first
+    fresh = CachedChecks(database, SETTINGS, seconds=0).results()
+    assert next(r for r in fresh if r.name == "services_running").status == CRITICAL

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     repair_seconds: float = Field(60.0, gt=0, description="how often upkeep also repairs")
 
     # Health checks (`edm health`, `GET /health`): the thresholds.
+    health_cache_seconds: float = Field(
+        5.0, ge=0, description="how long GET /health reuses the checks' results"
+    )
     health_heartbeat_seconds: float = Field(
         15.0, gt=0, description="a service without a heartbeat this long has no live worker"
     )

@@ -14,6 +14,7 @@ from edm.api.dependencies import InstallationSecrets
 from edm.config import Settings, get_settings
 from edm.events.intake import IntakeWriter
 from edm.events.processor import BatchProcessor
+from edm.health.checks import CachedChecks
 
 
 def create_app(engine: Engine | None = None, settings: Settings | None = None) -> FastAPI:
@@ -43,6 +44,7 @@ def create_app(engine: Engine | None = None, settings: Settings | None = None) -
     app.state.processor = processor
     app.state.settings = settings
     app.state.secrets = InstallationSecrets(engine, settings)
+    app.state.health = CachedChecks(engine, settings, settings.health_cache_seconds)
     errors.install(app)
     app.include_router(webhooks.router)
     app.include_router(unsubscribe.router)

@@ -3,7 +3,8 @@
 `/health/live`: the process answers. It reads nothing, so a database outage does not
 make an orchestrator restart a process that would recover by itself.
 `/health`: every health check (`edm.health.checks`); 503 when one is critical, for a
-load balancer or a monitor.
+load balancer or a monitor. The results are kept a few seconds (`CachedChecks`): probes
+every second from several balancers must not each recount the whole history.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from edm.health.checks import CRITICAL, run_checks, worst
+from edm.health.checks import CRITICAL, worst
 
 router = APIRouter(prefix="/health", tags=["health"])
 
@@ -49,9 +50,7 @@ async def live() -> Live:
 )
 async def checks(request: Request) -> JSONResponse:
     """Every check; 200 unless one is critical (then 503)."""
-    results = await run_in_threadpool(
-        run_checks, request.app.state.engine, request.app.state.settings
-    )
+    results = await run_in_threadpool(request.app.state.health.results)
     overall = worst(results)
     body = Health(status=overall, checks=[Check(**result.as_dict()) for result in results])
     return JSONResponse(body.model_dump(), status_code=503 if overall == CRITICAL else 200)

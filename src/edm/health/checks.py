@@ -10,6 +10,7 @@ there to report.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -453,3 +454,23 @@ CHECKS: tuple[Callable[[Connection, Settings, float], CheckResult], ...] = (
     _send_success,
     _reputation,
 )
+
+
+class CachedChecks:
+    """The checks of one app, run at most once per `seconds` however often they are asked
+    for (one run at a time: a caller meanwhile waits for it)."""
+
+    def __init__(self, engine: Engine, settings: Settings, seconds: float) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.seconds = seconds
+        self._lock = threading.Lock()
+        self._results: list[CheckResult] = []
+        self._at = float("-inf")
+
+    def results(self) -> list[CheckResult]:
+        with self._lock:
+            if time.monotonic() - self._at >= self.seconds or not self._results:
+                self._results = run_checks(self.engine, self.settings)
+                self._at = time.monotonic()
+            return self._results
