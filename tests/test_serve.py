@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -87,3 +88,74 @@ def _request_status(engine: Engine, request_id: int) -> str | None:
         return conn.execute(
             text("SELECT status FROM webhook_requests WHERE id = :id"), {"id": request_id}
         ).scalar()
+
+
+def test_a_server_killed_mid_flood_loses_no_answered_request(
+    env: dict[str, str], engine: Engine, tmp_path: Path
+) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+
+    def start() -> subprocess.Popen:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "edm", "serve", "--port", str(port), "--no-worker"],
+            env=child_env(env, EDM_WEBHOOK_TOKEN="t"),
+            stdout=subprocess.DEVNULL,
+            stderr=(tmp_path / "serve.err").open("a"),
+        )
+
+        def live() -> bool:
+            try:
+                return httpx.get(f"{base}/health/live", timeout=1).is_success
+            except httpx.HTTPError:
+                return False
+
+        wait_for(live, 20, "edm serve to answer")
+        return process
+
+    answered: dict[str, int] = {}
+    stop = threading.Event()
+
+    def post(client_id: int) -> None:
+        auth = {"Authorization": "Bearer t"}
+        with httpx.Client(timeout=5) as client:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                key = f"c{client_id}-{n}"
+                body = {"event": "opened", "subtask_id": 1, "timestamp": n, "event_id": key}
+                try:
+                    answer = client.post(f"{base}/api/webhooks/generic", json=body, headers=auth)
+                except httpx.HTTPError:
+                    continue  # the server died under this request: never answered
+                if answer.status_code == 200:
+                    answered[key] = answer.json()["request_id"]
+
+    process = start()
+    clients = [threading.Thread(target=post, args=(i,)) for i in range(8)]
+    try:
+        for thread in clients:
+            thread.start()
+        wait_for(lambda: len(answered) >= 100, 20, "requests answered")
+        process.kill()  # SIGKILL while requests are in flight and in the commit queue
+        process.wait()
+        stop.set()
+        for thread in clients:
+            thread.join()
+        process = start()
+        with engine.begin() as conn:  # what the dead process held is now old enough to retake
+            conn.execute(text("UPDATE webhook_requests SET processed_at = 0, received_at = 0"))
+
+        def every_answered_event_recorded() -> bool:
+            with engine.connect() as conn:
+                keys = set(conn.execute(text("SELECT dedupe_key FROM events")).scalars())
+            return all(f"id:{key}" in keys for key in answered)
+
+        wait_for(every_answered_event_recorded, 20, "every answered event recorded")
+    finally:
+        stop.set()
+        process.kill()
+        process.wait()
+    with engine.connect() as conn:
+        stored = set(conn.execute(text("SELECT id FROM webhook_requests")).scalars())
+    assert set(answered.values()) <= stored
