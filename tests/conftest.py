@@ -17,20 +17,12 @@ from sqlalchemy import Engine, text
 
 from edm.config import get_settings
 from edm.db import open_database
+from edm.db.models import Base
 from tests.helpers import FAST_ENV
 
 PG_ADMIN_URL = os.environ.get("EDM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
-TABLES = (
-    "events",
-    "webhook_requests",
-    "send_attempts",
-    "worker_heartbeats",
-    "sub_tasks",
-    "task_services",
-    "tasks",
-    "contacts",
-    "services",
-)
+# Every table but `app_settings` (the installation's signing key and sandbox token).
+TABLES = tuple(t.name for t in Base.metadata.sorted_tables if t.name != "app_settings")
 
 
 @pytest.fixture(scope="session")

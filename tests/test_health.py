@@ -16,10 +16,12 @@ from sqlalchemy import Engine, text
 from edm import services as services_mod
 from edm import tasks as tasks_mod
 from edm.config import Settings, get_settings
+from edm.contacts.suppression import reactivate
 from edm.db.engine import make_engine
 from edm.events.intake import log_request
 from edm.events.pipeline import process_batch
 from edm.health.checks import CRITICAL, OK, WARN, CachedChecks, CheckResult, run_checks
+from edm.health.repair import repair
 from edm.scheduler.maintenance import run_upkeep
 from tests.api_server import api_server, emptied
 from tests.helpers import Worker, edm, make_contacts, wait_for
@@ -284,7 +286,40 @@ def test_invariants_broken_by_hand_are_critical(database: Engine, client: httpx.
         "open_in_completed": 0,
         "sent_without_attempt": 1,
         "facts_not_from_events": 0,
+        "suppressed_without_cause": 0,
     }
+
+
+def test_a_contact_suppressed_by_hand_is_critical_until_reactivated(database: Engine) -> None:
+    running_task(database, contacts=3)
+    send_all(database)
+    # The hard bounce suppresses contact 3 with its event behind it: not a violation.
+    body = [{"event": "bounce", "provider_message_id": "pm-3", "timestamp": 2200,
+             "event_id": "b3", "data": {"bounce_type": "hard"}}]  # fmt: skip
+    log_request(database, "generic", {}, json.dumps(body).encode())
+    process_batch(database)
+    with database.begin() as conn:  # an import's word is an operator's action
+        conn.execute(
+            text("UPDATE contacts SET status = 'unsubscribed', status_reason = 'import:"
+                 " unsubscribed' WHERE email = 'user00000@example.com'")
+        )  # fmt: skip
+    assert check(database, "invariants").status == OK
+
+    with database.begin() as conn:  # complained, with no complaint on record
+        conn.execute(
+            text("UPDATE contacts SET status = 'complained', status_reason = 'spam complaint'"
+                 " WHERE email = 'user00001@example.com'")
+        )  # fmt: skip
+    result = check(database, "invariants")
+    assert result.status == CRITICAL and result.value["suppressed_without_cause"] == 1
+    assert "edm contacts reactivate" in result.message
+    repair(database, Settings())  # no machine can tell what the person meant
+    assert check(database, "invariants").status == CRITICAL
+
+    assert [r.email for r in reactivate(database, ["user00001@example.com"]).reactivated] == [
+        "user00001@example.com"
+    ]
+    assert check(database, "invariants").status == OK
 
 
 def attempts(engine: Engine, service_id: int, outcomes: dict[str, int], age: float) -> None:
@@ -416,7 +451,11 @@ def test_a_running_worker_repairs_facts_by_itself(
         wait_for(lambda: broken() == 0, 10, "the facts repaired again")
     finally:
         worker.terminate()
-    assert "repair: delivery facts of sub-tasks 1 set again" in worker.stderr
+    assert "repair facts (1): delivery facts of sub-tasks 1 set again" in worker.stderr
+    code, stdout, _ = edm("repair", "--history", "--json")
+    facts = [row for row in json.loads(stdout) if row["kind"] == "facts"]
+    assert code == 0 and len(facts) == 2, stdout  # both repairs, each with its instance
+    assert all(row["count"] == 1 and row["instance_id"] for row in facts)
 
 
 def test_health_over_http_is_counted_once_per_cache_period(database: Engine) -> None:

@@ -98,6 +98,37 @@ class Settings(BaseSettings):
     health_complaint_warn: float = Field(0.001, ge=0, le=1)
     health_complaint_critical: float = Field(0.003, ge=0, le=1)
 
+    # Alerts: a check turning critical (and back) is posted to each of these URLs.
+    alert_webhooks: str = Field(
+        "", repr=False, description="comma-separated URLs that receive alerts as JSON"
+    )
+    alert_seconds: float = Field(10.0, gt=0, description="how often the checks are judged")
+    alert_cooldown_seconds: float = Field(
+        900.0, ge=0, description="after an alert, the same check alerts again no sooner"
+    )
+    alert_timeout_seconds: float = Field(5.0, gt=0, description="per POST to a receiver")
+    alert_retry_base_seconds: float = Field(5.0, gt=0)
+    alert_retry_max_seconds: float = Field(600.0, gt=0)
+    alert_max_attempts: int = Field(20, ge=1, description="before a notification is given up")
+
+    # Repair: a service whose sender reputation is critical is frozen this long.
+    reputation_freeze_seconds: float = Field(3600.0, gt=0)
+
+    # Metrics: gauges read from the database are kept this long between scrapes.
+    metrics_cache_seconds: float = Field(5.0, ge=0)
+
+    @property
+    def alert_urls(self) -> list[str]:
+        return [url.strip() for url in self.alert_webhooks.split(",") if url.strip()]
+
+    @field_validator("alert_webhooks")
+    @classmethod
+    def _http_urls(cls, value: str) -> str:
+        for url in (part.strip() for part in value.split(",")):
+            if url and not url.startswith(("http://", "https://")):
+                raise ValueError(f"not an http(s) URL: {url!r}")
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _default_when_empty(cls, value: str) -> str:

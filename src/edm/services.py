@@ -35,6 +35,7 @@ class ServiceView:
     enabled: bool
     frozen: bool
     frozen_reason: str | None
+    frozen_until: float | None
     last_error: str | None
     workers_alive: int
     options: dict
@@ -97,15 +98,34 @@ def get_service(session: Session, name: str) -> Service:
     return service
 
 
-def set_frozen(engine: Engine, name: str, frozen: bool, reason: str | None = None) -> None:
+def set_frozen(
+    engine: Engine,
+    name: str,
+    frozen: bool,
+    reason: str | None = None,
+    for_seconds: float | None = None,
+) -> None:
+    """Freeze (for `for_seconds`, after which the repair loop unfreezes it; else until an
+    operator does) or unfreeze service `name`."""
     if reason is not None:
         validation.db_text(reason, "--reason", error=ServiceInputError)
+    if for_seconds is not None and not (0 < for_seconds <= MAX_FREEZE_SECONDS):
+        raise ServiceInputError(
+            f"--for must be more than 0 and at most {MAX_FREEZE_SECONDS // 86400} days"
+        )
+    now = time.time()
     with Session(engine) as session, session.begin():
         service = get_service(session, name)
+        if not frozen and service.frozen:
+            service.unfrozen_at = now  # its reputation is judged afresh from here
         service.frozen = frozen
         service.frozen_reason = (reason or "frozen by an operator") if frozen else None
-        service.frozen_at = time.time() if frozen else None
+        service.frozen_at = now if frozen else None
+        service.frozen_until = now + for_seconds if frozen and for_seconds else None
         notify(session.connection(), "services")
+
+
+MAX_FREEZE_SECONDS = 365 * 86400
 
 
 def set_enabled(engine: Engine, name: str, enabled: bool) -> None:
@@ -163,6 +183,7 @@ def list_services(engine: Engine, heartbeat_max_age: float = 30.0) -> list[Servi
                 enabled=s.enabled,
                 frozen=s.frozen,
                 frozen_reason=s.frozen_reason,
+                frozen_until=s.frozen_until,
                 last_error=s.last_error,
                 workers_alive=beats.get(s.id, 0),
                 options=s.options,

@@ -139,3 +139,20 @@ def service_names(value: str, option: str, *, error: type[ValueError]) -> list[s
     if not names:
         raise error(f"{option} names no service: give one or more names separated by commas")
     return names
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_seconds(text: str, option: str, *, error: type[ValueError] = ValueError) -> float:
+    """`30m`, `2h`, `1d`, `90s` or a number of seconds, as seconds (more than 0)."""
+    cleaned = text.strip().lower()
+    unit = _DURATION_UNITS.get(cleaned[-1:])
+    number = cleaned[:-1] if unit else cleaned
+    try:
+        seconds = float(number) * (unit or 1)
+    except ValueError:
+        raise error(f"{option} must be a duration such as 30m, 2h or 1d, not {text!r}") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise error(f"{option} must be more than 0, not {text!r}")
+    return seconds

@@ -9,12 +9,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
-from edm.api import errors, health, unsubscribe, webhooks
+from edm.api import errors, health, metrics, unsubscribe, webhooks
 from edm.api.dependencies import InstallationSecrets
 from edm.config import Settings, get_settings
 from edm.events.intake import IntakeWriter
 from edm.events.processor import BatchProcessor
 from edm.health.checks import CachedChecks
+from edm.health.metrics import metrics_registry
 
 
 def create_app(engine: Engine | None = None, settings: Settings | None = None) -> FastAPI:
@@ -45,8 +46,11 @@ def create_app(engine: Engine | None = None, settings: Settings | None = None) -
     app.state.settings = settings
     app.state.secrets = InstallationSecrets(engine, settings)
     app.state.health = CachedChecks(engine, settings, settings.health_cache_seconds)
+    app.state.metrics = metrics_registry(engine, settings, app.state.health)
     errors.install(app)
+    app.add_middleware(metrics.WebhookCounter)
     app.include_router(webhooks.router)
     app.include_router(unsubscribe.router)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     return app

@@ -22,6 +22,7 @@ from sqlalchemy import Engine
 
 from edm.api.app import create_app
 from edm.config import Settings
+from edm.health.alerts import AlertLoop
 from edm.scheduler.maintenance import RepairTimer, run_upkeep
 from edm.scheduler.supervisor import Supervisor
 
@@ -54,6 +55,15 @@ class UpkeepLoop:
 
     async def run(self) -> int:
         repairs = RepairTimer(self.settings.repair_seconds)
+        alerts = AlertLoop(self.engine, self.settings)
+        alerts.start()
+        try:
+            await self._loop(repairs)
+        finally:
+            await asyncio.to_thread(alerts.stop)
+        return 0
+
+    async def _loop(self, repairs: RepairTimer) -> None:
         while not self._stop.is_set():
             try:
                 await asyncio.to_thread(
@@ -63,7 +73,6 @@ class UpkeepLoop:
                 log.exception("upkeep failed; trying again")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.settings.maintenance_seconds)
-        return 0
 
 
 async def serve(

@@ -16,6 +16,17 @@ def worker(
     exit_when_idle: Annotated[
         bool, typer.Option("--exit-when-idle", help="exit 0 once no running task has work left")
     ] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=65535,
+            help="serve this worker's own Prometheus metrics (sends, latency) on this port",
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option(help="address the metrics port listens on")
+    ] = "0.0.0.0",
 ) -> None:
     """Send: one worker per enabled, unfrozen service, until SIGTERM or SIGINT."""
     from edm.config import get_settings
@@ -26,6 +37,14 @@ def worker(
     # First, before the migration's logs or an error about it: which database this is.
     out.print(f"database: {display_url(settings.database_url)}", highlight=False, soft_wrap=True)
     setup_logging()
+    if metrics_port is not None:
+        from edm.health.metrics import start_metrics_server
+
+        try:
+            start_metrics_server(metrics_port, metrics_host)
+        except OSError as exc:
+            raise ValueError(f"--metrics-port {metrics_port}: {exc.strerror or exc}") from None
+        out.print(f"metrics: http://{metrics_host}:{metrics_port}/metrics", highlight=False)
     supervisor = Supervisor(
         engine(),
         settings,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
@@ -109,6 +110,9 @@ def service_list(as_json: Json = False) -> None:
             if not v.enabled
             else ("frozen: " + (v.frozen_reason or "") if v.frozen else "active")
         )
+        if v.frozen and v.frozen_until:
+            until = datetime.fromtimestamp(v.frozen_until, UTC).strftime("%Y-%m-%d %H:%M UTC")
+            state += f" (until {until})"
         quota = (
             f"{v.quota_used_today}/{v.daily_quota}"
             if v.daily_quota is not None
@@ -132,12 +136,23 @@ def service_list(as_json: Json = False) -> None:
 def service_freeze(
     name: str,
     reason: Annotated[str | None, typer.Option(help="why; shown with the service")] = None,
+    for_: Annotated[
+        str | None,
+        typer.Option(
+            "--for", help="unfreeze by itself after this long: 30m, 2h, 1d; default: never"
+        ),
+    ] = None,
 ) -> None:
     """Stop sending through service NAME; its work goes to the others."""
     from edm import services as services_mod
+    from edm.validation import duration_seconds
 
-    services_mod.set_frozen(engine(), name, True, reason)
-    out.print(f"service {escape(name)} frozen")
+    seconds = (
+        duration_seconds(for_, "--for", error=services_mod.ServiceInputError) if for_ else None
+    )
+    services_mod.set_frozen(engine(), name, True, reason, for_seconds=seconds)
+    until = f" for {for_} (the repair loop of a running instance unfreezes it)" if for_ else ""
+    out.print(f"service {escape(name)} frozen{escape(until)}")
 
 
 @app.command("unfreeze")

@@ -105,6 +105,24 @@ _MISMATCHED_FACTS = f"""
        OR NOT {_same("s.bounce_type", "e.bounce_type")}"""
 
 # The facts that must always hold, each counted: a count above zero is a violation.
+# Suppressed contacts with nothing that suppressed them: no applied event of one of
+# their sub-tasks that suppresses, no send the provider refused for the address, and no
+# operator's word (an import's status, "import: ...", or "operator: ...").
+_SUPPRESSED_WITHOUT_CAUSE = """
+    SELECT c.id FROM contacts c
+    WHERE c.status <> 'active'
+      AND (c.status_reason IS NULL
+           OR (c.status_reason NOT LIKE 'import: %' AND c.status_reason NOT LIKE 'operator: %'))
+      AND NOT EXISTS (
+          SELECT 1 FROM sub_tasks x JOIN events e ON e.sub_task_id = x.id
+          WHERE x.contact_id = c.id AND e.status = 'applied'
+            AND e.event IN ('hard_bounce', 'soft_bounce', 'complained', 'unsubscribed'))
+      AND NOT EXISTS (
+          SELECT 1 FROM sub_tasks x JOIN send_attempts a ON a.sub_task_id = x.id
+          WHERE x.contact_id = c.id AND a.outcome = 'recipient')"""
+
+SUPPRESSED_WITHOUT_CAUSE = both(_SUPPRESSED_WITHOUT_CAUSE + " ORDER BY c.id LIMIT :limit")
+
 INVARIANTS = both(f"""
     SELECT
       (SELECT count(*) FROM sub_tasks
@@ -117,7 +135,8 @@ INVARIANTS = both(f"""
        WHERE s.status = 'sent'
          AND NOT EXISTS (SELECT 1 FROM send_attempts a WHERE a.sub_task_id = s.id))
           AS sent_without_attempt,
-      (SELECT count(*) FROM ({_MISMATCHED_FACTS}) m) AS facts_not_from_events""")
+      (SELECT count(*) FROM ({_MISMATCHED_FACTS}) m) AS facts_not_from_events,
+      (SELECT count(*) FROM ({_SUPPRESSED_WITHOUT_CAUSE}) u) AS suppressed_without_cause""")
 
 MISMATCHED_FACTS = both(_MISMATCHED_FACTS + " ORDER BY s.id LIMIT :limit")
 
@@ -173,11 +192,114 @@ SEND_OUTCOMES = both("""
     GROUP BY s.id, s.name ORDER BY s.id""")
 
 # Per service, what became of the messages it sent since `:since`.
+# Per unfrozen service, what was sent since `:since` or its last unfreeze, the later: a
+# service an operator (or the expiry of a freeze) let send again is judged afresh.
 REPUTATION = both("""
-    SELECT s.name, count(*) AS sent,
+    SELECT s.id, s.name, count(*) AS sent,
            sum(CASE WHEN x.bounce_type = 'hard' THEN 1 ELSE 0 END) AS hard_bounces,
            sum(CASE WHEN x.delivered_at IS NOT NULL THEN 1 ELSE 0 END) AS delivered,
            sum(CASE WHEN x.complained_at IS NOT NULL THEN 1 ELSE 0 END) AS complaints
     FROM services s JOIN sub_tasks x ON x.service_id = s.id
-    WHERE x.sent_at >= :since
+    WHERE x.sent_at >= :since AND NOT s.frozen
+      AND (s.unfrozen_at IS NULL OR x.sent_at >= s.unfrozen_at)
     GROUP BY s.id, s.name ORDER BY s.id""")
+
+# Repair: lift freezes whose time is up.
+UNFREEZE_EXPIRED = both("""
+    UPDATE services SET frozen = false, frozen_reason = NULL, frozen_at = NULL,
+                        frozen_until = NULL, unfrozen_at = {now}
+    WHERE frozen AND frozen_until IS NOT NULL AND frozen_until <= {now}""")
+
+EXPIRED_FREEZES = both("""
+    SELECT name FROM services
+    WHERE frozen AND frozen_until IS NOT NULL AND frozen_until <= {now} ORDER BY id""")
+
+FREEZE_FOR = both("""
+    UPDATE services SET frozen = true, frozen_reason = :reason, frozen_at = {now},
+                        frozen_until = {now} + :seconds
+    WHERE id = :id AND NOT frozen""")
+
+RECORD_REPAIR = both("""
+    INSERT INTO repairs (kind, count, detail, instance_id, at)
+    VALUES (:kind, :count, :detail, :instance, {now})""")
+
+REPAIR_HISTORY = both("""
+    SELECT id, kind, count, detail, instance_id, at FROM repairs
+    ORDER BY id DESC LIMIT :limit""")
+
+# -- gauges of `GET /metrics`: a few aggregates per scrape, whatever the history's size -----
+METRIC_SERVICES = both("""
+    SELECT s.id, s.name, s.enabled, s.frozen, s.paused_until, s.interval_seconds,
+           s.daily_quota, s.quota_day, s.quota_used,
+           (SELECT max(h.beat_at) FROM worker_heartbeats h
+            WHERE h.service_id = s.id AND h.state = 'running') AS last_beat
+    FROM services s ORDER BY s.id""")
+
+METRIC_SUB_TASKS = both("""
+    SELECT s.task_id, s.status, count(*) AS n
+    FROM sub_tasks s JOIN tasks t ON t.id = s.task_id
+    WHERE t.status = 'running' GROUP BY s.task_id, s.status""")
+
+METRIC_FUNNEL = both("""
+    SELECT count(s.sent_at) AS sent, count(s.delivered_at) AS delivered,
+           count(s.opened_at) AS opened, count(s.clicked_at) AS clicked,
+           count(s.bounced_at) AS bounced, count(s.complained_at) AS complained,
+           count(s.unsubscribed_at) AS unsubscribed
+    FROM sub_tasks s JOIN tasks t ON t.id = s.task_id WHERE t.status = 'running'""")
+
+LAST_WEBHOOKS = both("""
+    SELECT provider, max(received_at) AS last FROM webhook_requests GROUP BY provider""")
+
+# -- incidents and alert deliveries -------------------------------------------------------
+OPEN_INCIDENTS = both("""
+    SELECT id, check_name, alerted_at FROM incidents WHERE resolved_at IS NULL""")
+
+OPEN_INCIDENT = both("""
+    INSERT INTO incidents (check_name, opened_at, value, threshold, message, instance_id)
+    VALUES (:check, {now}, :value, :threshold, :message, :instance)""")
+
+INCIDENT_ID = both("""
+    SELECT id FROM incidents WHERE check_name = :check AND resolved_at IS NULL""")
+
+# The incident's alert is due: none queued yet, and the check's last alert is older than
+# the cool-down. The UPDATE that flips `alerted_at` is what lets exactly one instance queue it.
+MARK_ALERTED = both("""
+    UPDATE incidents SET alerted_at = {now}
+    WHERE id = :id AND alerted_at IS NULL AND resolved_at IS NULL
+      AND NOT EXISTS (SELECT 1 FROM incidents i
+                      WHERE i.check_name = :check AND i.alerted_at > {now} - :cooldown)""")
+
+RESOLVE_INCIDENT = both("""
+    UPDATE incidents SET resolved_at = {now} WHERE id = :id AND resolved_at IS NULL""")
+
+QUEUE_DELIVERY = both("""
+    INSERT INTO alert_deliveries (incident_id, kind, url, payload, status, attempts,
+                                  created_at, next_attempt_at)
+    VALUES (:incident_id, :kind, :url, :payload, 'pending', 0, {now}, {now})""")
+
+DUE_DELIVERIES = both("""
+    SELECT id, kind, url, payload, attempts, next_attempt_at FROM alert_deliveries
+    WHERE status = 'pending' AND next_attempt_at <= {now} ORDER BY id LIMIT :limit""")
+
+# Taken by one instance for one try: the next try is pushed past the time a POST may take.
+TAKE_DELIVERY = both("""
+    UPDATE alert_deliveries SET attempts = attempts + 1, next_attempt_at = {now} + :hold
+    WHERE id = :id AND status = 'pending' AND next_attempt_at = :seen""")
+
+DELIVERED = both("""
+    UPDATE alert_deliveries SET status = 'delivered', delivered_at = {now}, last_error = NULL
+    WHERE id = :id""")
+
+DELIVERY_FAILED = both("""
+    UPDATE alert_deliveries SET status = :status, next_attempt_at = {now} + :delay,
+                                last_error = :error
+    WHERE id = :id""")
+
+# One instance judges the checks per period, however many run.
+JUDGE_TURN_SEED = both("""
+    INSERT INTO app_settings (key, value) VALUES ('health_judged_at', '0')
+    ON CONFLICT (key) DO NOTHING""")
+
+TAKE_JUDGE_TURN = both("""
+    UPDATE app_settings SET value = CAST({now} AS VARCHAR(40))
+    WHERE key = 'health_judged_at' AND CAST(value AS DOUBLE PRECISION) <= {now} - :period""")

@@ -84,6 +84,10 @@ class Service(Base):
     frozen: Mapped[bool] = mapped_column(Boolean, server_default=false())
     frozen_reason: Mapped[str | None] = mapped_column(Text)
     frozen_at: Mapped[float | None] = mapped_column(Float)
+    # A freeze with an expiry (`edm service freeze --for`, a reputation freeze) is lifted
+    # by the repair loop; the last unfreeze starts a fresh reputation window.
+    frozen_until: Mapped[float | None] = mapped_column(Float)
+    unfrozen_at: Mapped[float | None] = mapped_column(Float)
     last_error: Mapped[str | None] = mapped_column(Text)
     last_error_at: Mapped[float | None] = mapped_column(Float)
     # Pace (GCRA theoretical arrival time), provider back-pressure and quota counters.
@@ -164,7 +168,10 @@ class SubTask(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
-    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"))
+    # Indexed: what suppressed a contact, and deleting one, look its sub-tasks up.
+    contact_id: Mapped[int] = mapped_column(
+        ForeignKey("contacts.id", ondelete="CASCADE"), index=True
+    )
     status: Mapped[str] = mapped_column(String(20), server_default="pending")
     # The service that has (or last had) the sub-task; `pinned_service_id` forces the
     # next attempt onto one service, so a resend with the same key reaches the provider
@@ -308,3 +315,65 @@ class Event(Base):
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[float] = mapped_column(Float)
     applied_at: Mapped[float | None] = mapped_column(Float)
+
+
+class Incident(Base):
+    """A check that turned critical, until it is ok again: the row, not a process's memory,
+    is what makes one alert per incident however many instances watch."""
+
+    __tablename__ = "incidents"
+    __table_args__ = (
+        Index(
+            "ux_incidents_open_check",
+            "check_name",
+            unique=True,
+            sqlite_where=text("resolved_at IS NULL"),
+            postgresql_where=text("resolved_at IS NULL"),
+        ),
+        Index("ix_incidents_check_opened", "check_name", "opened_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    check_name: Mapped[str] = mapped_column(String(50))
+    opened_at: Mapped[float] = mapped_column(Float)
+    resolved_at: Mapped[float | None] = mapped_column(Float)
+    # When its alert was queued; NULL while the check's cool-down holds it back.
+    alerted_at: Mapped[float | None] = mapped_column(Float)
+    value: Mapped[str | None] = mapped_column(Text)  # JSON
+    threshold: Mapped[str | None] = mapped_column(Text)
+    message: Mapped[str] = mapped_column(Text)
+    instance_id: Mapped[str] = mapped_column(String(100))
+
+
+class AlertDelivery(Base):
+    """One notification to one receiver, kept until it is delivered: a receiver that is
+    down is retried with back-off by any instance, and never holds up sending."""
+
+    __tablename__ = "alert_deliveries"
+    __table_args__ = (Index("ix_alert_deliveries_due", "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    incident_id: Mapped[int | None] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(20))  # alert | recovery | repair
+    url: Mapped[str] = mapped_column(Text)
+    payload: Mapped[str] = mapped_column(Text)  # JSON, as posted
+    status: Mapped[str] = mapped_column(String(20), server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    created_at: Mapped[float] = mapped_column(Float)
+    next_attempt_at: Mapped[float] = mapped_column(Float)
+    delivered_at: Mapped[float | None] = mapped_column(Float)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class RepairRecord(Base):
+    """What a repair fixed, where and when: `edm repair --history`."""
+
+    __tablename__ = "repairs"
+    __table_args__ = (Index("ix_repairs_at", "at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(30))
+    count: Mapped[int] = mapped_column(Integer)
+    detail: Mapped[str] = mapped_column(Text)
+    instance_id: Mapped[str] = mapped_column(String(100))
+    at: Mapped[float] = mapped_column(Float)

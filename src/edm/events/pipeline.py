@@ -27,6 +27,7 @@ from edm.events.apply import Fact, SoftBounceLimit, apply_facts
 from edm.events.matching import match_events
 from edm.events.parsers.base import IGNORED, ParsedEvent, WebhookParseError, decode_json
 from edm.events.parsers.registry import parser_for
+from edm.health.metrics import count_events
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +87,14 @@ def _parse(provider: str, body: str) -> list[ParsedEvent]:
 
 
 def _record_in(
-    conn: Connection, items: list[tuple[int, str, ParsedEvent]], outcomes: dict[int, RequestOutcome]
+    conn: Connection,
+    items: list[tuple[int, str, ParsedEvent]],
+    outcomes: dict[int, RequestOutcome],
+    kinds: dict[int, tuple[str, str]],
 ) -> list[tuple[int, int]]:
-    """Insert each fact once; (request id, event id) of the new ones that are to be applied.
-    A repeat, in this batch or of a stored fact, is counted on the event and in its
-    request's outcome."""
+    """Insert each fact once; (request id, event id) of the new ones that are to be applied,
+    with each one's (provider, event) put in `kinds`. A repeat, in this batch or of a stored
+    fact, is counted on the event and in its request's outcome."""
     first: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
     repeats: list[tuple[int, dict[str, Any]]] = []
     # In key order, so two batches holding the same facts lock them in the same order.
@@ -109,16 +113,19 @@ def _record_in(
         elif row["status"] == IGNORED:
             by_status = outcomes[request_id].by_status
             by_status[IGNORED] = by_status.get(IGNORED, 0) + 1
+            count_events(row["provider"], row["event"], IGNORED)
         else:
             new.append((request_id, inserted[key]))
+            kinds[inserted[key]] = (row["provider"], row["event"])
     repeats.sort(key=lambda repeat: (repeat[1]["provider"], repeat[1]["dedupe_key"]))
     if repeats:
         conn.execute(
             query(eq.COUNT_DUPLICATE, conn.dialect.name),
             [{"provider": r["provider"], "dedupe_key": r["dedupe_key"]} for _, r in repeats],
         )
-    for request_id, _ in repeats:
+    for request_id, repeat in repeats:
         outcomes[request_id].duplicates += 1
+        count_events(repeat["provider"], repeat["event"], "duplicate")
     return new
 
 
@@ -304,6 +311,7 @@ def _process_claimed(
             parsed = _parse(provider, body)
         except WebhookParseError as exc:
             outcomes[request_id] = RequestOutcome("invalid", str(exc))
+            count_events(provider, "unparsed", "invalid")
             log.info(
                 "webhook request %s invalid: %s",
                 request_id,
@@ -313,14 +321,16 @@ def _process_claimed(
             continue
         outcomes[request_id] = RequestOutcome("processed", events=len(parsed))
         items += [(request_id, provider, event) for event in parsed]
+    kinds: dict[int, tuple[str, str]] = {}
     with engine.begin() as conn:
-        new = _record_in(conn, items, outcomes)
+        new = _record_in(conn, items, outcomes, kinds)
     event_ids = [event_id for _, event_id in new]
     statuses = apply_events(engine, event_ids)
     for request_id, event_id in new:
         by_status = outcomes[request_id].by_status
         status = statuses.get(event_id, "skipped")
         by_status[status] = by_status.get(status, 0) + 1
+        count_events(*kinds[event_id], status)
     with engine.begin() as conn:
         conn.execute(
             query(eq.FINISH_REQUEST, engine.dialect.name),

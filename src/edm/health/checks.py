@@ -373,24 +373,33 @@ def _send_success(conn: Connection, settings: Settings, now: float) -> CheckResu
     )
 
 
-def _reputation(conn: Connection, settings: Settings, now: float) -> CheckResult:
+@dataclass(frozen=True)
+class Reputation:
+    """One service's sender reputation over the window (since its last unfreeze, if later)."""
+
+    service_id: int
+    name: str
+    sent: int
+    hard_bounces: float  # of sent
+    complaints: float  # of delivered
+    flags: tuple[tuple[str, str], ...]  # (status, description) of each rate over a limit
+    judged: bool  # enough sent to judge
+
+    @property
+    def status(self) -> str:
+        return max((status for status, _ in self.flags), key=SEVERITY.__getitem__, default=OK)
+
+
+def reputations(conn: Connection, settings: Settings, now: float) -> list[Reputation]:
+    """Every unfrozen service that sent in the window; also what repair freezes by."""
     window = settings.health_reputation_window_seconds
-    threshold = (
-        f"over {_ago(window)}, at least {settings.health_reputation_min_sent} sent: hard bounces"
-        f" / sent warn {settings.health_bounce_warn:.0%}, critical"
-        f" {settings.health_bounce_critical:.0%}; complaints / delivered warn"
-        f" {settings.health_complaint_warn:.1%}, critical {settings.health_complaint_critical:.1%}"
-    )
     rows = conn.execute(query(hq.REPUTATION, conn.dialect.name), {"since": now - window}).all()
-    value: dict[str, dict[str, float]] = {}
-    flags: list[tuple[str, str]] = []
+    found = []
     for row in rows:
         sent, delivered = int(row.sent), int(row.delivered)
         bounces = int(row.hard_bounces) / sent
         complaints = int(row.complaints) / delivered if delivered else 0.0
-        value[row.name] = {"hard_bounces": round(bounces, 4), "complaints": round(complaints, 4)}
-        if sent < settings.health_reputation_min_sent:
-            continue
+        judged = sent >= settings.health_reputation_min_sent
         limits = (
             ("hard bounces", bounces, settings.health_bounce_warn, settings.health_bounce_critical),
             (
@@ -400,18 +409,41 @@ def _reputation(conn: Connection, settings: Settings, now: float) -> CheckResult
                 settings.health_complaint_critical,
             ),
         )
-        for what, rate, warn, critical in limits:
-            flag = _rated(f"{row.name}: {what} {rate:.1%}", rate, warn, critical, below=False)
-            if flag:
-                flags.append(flag)
+        flags = tuple(
+            flag
+            for what, rate, warn, critical in limits
+            if judged
+            and (
+                flag := _rated(
+                    f"{row.name}: {what} {rate:.1%} of {sent} sent", rate, warn, critical, False
+                )
+            )
+        )
+        found.append(Reputation(row.id, row.name, sent, bounces, complaints, flags, judged))
+    return found
+
+
+def _reputation(conn: Connection, settings: Settings, now: float) -> CheckResult:
+    window = settings.health_reputation_window_seconds
+    threshold = (
+        f"over {_ago(window)}, at least {settings.health_reputation_min_sent} sent: hard bounces"
+        f" / sent warn {settings.health_bounce_warn:.0%}, critical"
+        f" {settings.health_bounce_critical:.0%}; complaints / delivered warn"
+        f" {settings.health_complaint_warn:.1%}, critical {settings.health_complaint_critical:.1%}"
+    )
+    found = reputations(conn, settings, now)
+    value = {
+        r.name: {"hard_bounces": round(r.hard_bounces, 4), "complaints": round(r.complaints, 4)}
+        for r in found
+    }
     return _judged(
         "reputation",
         value,
         threshold,
-        flags,
+        [flag for r in found for flag in r.flags],
         "bounces and complaints are low",
-        "a list this bad can get a sending domain blocked; clean the list, or freeze the"
-        " service (`edm service freeze NAME`)",
+        "a list this bad can get a sending domain blocked; the repair loop freezes a service"
+        f" that is critical for {_ago(settings.reputation_freeze_seconds)}; clean the list",
     )
 
 
@@ -421,6 +453,8 @@ VIOLATIONS = {
     "open_in_completed": "unfinished sub-tasks in completed tasks",
     "sent_without_attempt": "sent sub-tasks without a send attempt",
     "facts_not_from_events": "sub-tasks whose delivery facts differ from their applied events",
+    "suppressed_without_cause": "suppressed contacts with no event or operator action behind"
+    " it (`edm contacts reactivate EMAIL` if it is wrong)",
 }
 
 

@@ -1,26 +1,34 @@
-"""`edm repair`: what a machine can fix, fixed now, each fix reported.
+"""Repair: what a machine can fix, fixed, each fix recorded.
 
-Safe to run in any number of processes at once: every step is the upkeep's own (claims
-past their lease released, events retried) or an idempotent rewrite of facts from the
-event log, the source they derive from.
+Every step is safe in any number of processes at once: claims past their lease are
+released and unknown outcomes settled by the upkeep's own statements, events retried,
+delivery facts rewritten from the event log they derive from (idempotent), and a freeze
+is set or lifted by one conditional UPDATE. Each repair that changed something is a row
+of `repairs` (`edm repair --history`), a log line and a count in `edm_repairs_total`.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine
 
 from edm.config import Settings
 from edm.db import health_queries as hq
-from edm.db.queries import query
+from edm.db.queries import SELECT_NOW, query
+from edm.health.checks import CRITICAL, reputations
 
 log = logging.getLogger(__name__)
 
 # Sub-tasks whose facts one run rewrites at most.
 FACTS_PER_RUN = 10_000
+
+INSTANCE = f"{socket.gethostname()}-{os.getpid()}"
 
 
 @dataclass(frozen=True)
@@ -33,40 +41,109 @@ class Repair:
         return asdict(self)
 
 
-def repair(engine: Engine, settings: Settings, *, dry_run: bool = False) -> list[Repair]:
-    """Every repair; with `dry_run`, what would be repaired, changing nothing."""
+def repair(
+    engine: Engine, settings: Settings, *, dry_run: bool = False, instance: str = INSTANCE
+) -> list[Repair]:
+    """Every repair now (`edm repair`); with `dry_run`, what would be repaired."""
+    if dry_run:
+        return _would(engine, settings)
+    from edm.scheduler.maintenance import UpkeepReport, reap, reconcile
+
+    report = UpkeepReport()
+    reap(engine, report, settings)
+    reconcile(engine, report, settings)
+    done = [*upkeep_repairs(report), _events(engine, settings), *scheduled(engine, settings)]
+    record(engine, done, instance)
+    return done
+
+
+def upkeep_repairs(report: Any) -> list[Repair]:
+    """What an upkeep pass (`UpkeepReport`) repaired: leases taken back, unknown outcomes
+    settled, events applied on retry."""
+    released = report.reaped_allocated + report.reaped_sending + report.released_dead
+    settled = report.resent_same_key + report.requeued_unknown + report.failed_unknown
     return [
-        _past_lease(engine, settings, dry_run),
-        _events(engine, settings, dry_run),
-        _facts(engine, dry_run),
+        Repair(
+            "past_lease",
+            released,
+            f"released: {report.reaped_allocated} back to pending, {report.reaped_sending} to"
+            f" unknown (the reconciler settles them), {report.released_dead} of dead instances",
+        ),
+        Repair(
+            "unknown",
+            settled,
+            f"unknown outcomes settled: {report.resent_same_key} resent with the same key,"
+            f" {report.requeued_unknown} queued again, {report.failed_unknown} failed",
+        ),
+        Repair(
+            "events",
+            report.events_applied,
+            f"events applied on retry; {report.events_given_up} unmatched for too long given up",
+        ),
     ]
 
 
-def _past_lease(engine: Engine, settings: Settings, dry_run: bool) -> Repair:
-    from edm.scheduler.maintenance import UpkeepReport, reap
+def scheduled(engine: Engine, settings: Settings) -> list[Repair]:
+    """The repairs upkeep runs every EDM_REPAIR_SECONDS rather than every pass."""
+    return [
+        _facts(engine, dry_run=False),
+        _unfreeze_expired(engine, dry_run=False),
+        _reputation_freeze(engine, settings, dry_run=False),
+    ]
 
+
+def record(engine: Engine, repairs: list[Repair], instance: str = INSTANCE) -> None:
+    """Keep, log and count every repair that changed something."""
+    from edm.health.metrics import REPAIRS
+
+    done = [r for r in repairs if r.count]
+    if not done:
+        return
+    with engine.begin() as conn:
+        conn.execute(
+            query(hq.RECORD_REPAIR, engine.dialect.name),
+            [
+                {"kind": r.kind, "count": r.count, "detail": r.detail, "instance": instance}
+                for r in done
+            ],
+        )
+    for r in done:
+        REPAIRS.labels(r.kind).inc(r.count)
+        log.warning(
+            "repair %s (%d): %s",
+            r.kind,
+            r.count,
+            r.detail,
+            extra={"action": "repair", "kind": r.kind, "count": r.count},
+        )
+
+
+def history(engine: Engine, limit: int = 50) -> list[dict[str, Any]]:
+    """The latest recorded repairs, newest first."""
     with engine.connect() as conn:
-        waiting = conn.execute(query(hq.PAST_LEASE, engine.dialect.name), {"grace": 0}).one()
-    if dry_run:
-        return Repair("past_lease", int(waiting.rows), "sub-tasks past their lease to release")
-    report = UpkeepReport()
-    reap(engine, report, settings)
-    released = report.reaped_allocated + report.reaped_sending + report.released_dead
-    return Repair(
-        "past_lease",
-        released,
-        f"released: {report.reaped_allocated} back to pending, {report.reaped_sending} to"
-        f" unknown (the reconciler settles them), {report.released_dead} of dead instances",
-    )
+        rows = conn.execute(query(hq.REPAIR_HISTORY, engine.dialect.name), {"limit": limit}).all()
+    return [dict(row._mapping) for row in rows]
 
 
-def _events(engine: Engine, settings: Settings, dry_run: bool) -> Repair:
+def _would(engine: Engine, settings: Settings) -> list[Repair]:
+    dialect = engine.dialect.name
+    with engine.connect() as conn:
+        past_lease = conn.execute(query(hq.PAST_LEASE, dialect), {"grace": 0}).one()
+        unknown = conn.execute(query(hq.UNKNOWN_OUTCOMES, dialect)).one()
+        events = conn.execute(query(hq.EVENTS_TO_RETRY_COUNT, dialect)).scalar()
+    return [
+        Repair("past_lease", int(past_lease.rows), "sub-tasks past their lease to release"),
+        Repair("unknown", int(unknown.rows), "unknown outcomes the reconciler would look at"),
+        Repair("events", int(events or 0), "unmatched or failed events to retry"),
+        _facts(engine, dry_run=True),
+        _unfreeze_expired(engine, dry_run=True),
+        _reputation_freeze(engine, settings, dry_run=True),
+    ]
+
+
+def _events(engine: Engine, settings: Settings) -> Repair:
     from edm.events.pipeline import retry_pending
 
-    if dry_run:
-        with engine.connect() as conn:
-            waiting = conn.execute(query(hq.EVENTS_TO_RETRY_COUNT, engine.dialect.name)).scalar()
-        return Repair("events", int(waiting or 0), "unmatched or failed events to retry")
     retried = retry_pending(
         engine, unmatched_retry_seconds=settings.unmatched_retry_seconds, min_age=0
     )
@@ -76,19 +153,6 @@ def _events(engine: Engine, settings: Settings, dry_run: bool) -> Repair:
         f"applied on retry; {retried.given_up} unmatched for too long given up,"
         f" {retried.requests} logged requests processed",
     )
-
-
-def repair_facts(engine: Engine) -> Repair:
-    """The facts repair alone (upkeep's, every EDM_REPAIR_SECONDS), logged when it fixed
-    something."""
-    done = _facts(engine, dry_run=False)
-    if done.count:
-        log.warning(
-            "repair: %s",
-            done.detail,
-            extra={"action": "repair", "kind": "facts", "count": done.count},
-        )
-    return done
 
 
 def _facts(engine: Engine, dry_run: bool) -> Repair:
@@ -107,3 +171,70 @@ def _facts(engine: Engine, dry_run: bool) -> Repair:
         else "every sub-task's delivery facts match its applied events"
     )
     return Repair("facts", len(ids), detail)
+
+
+def _unfreeze_expired(engine: Engine, dry_run: bool) -> Repair:
+    dialect = engine.dialect.name
+    with engine.begin() as conn:
+        names = list(conn.execute(query(hq.EXPIRED_FREEZES, dialect)).scalars())
+        if names and not dry_run:
+            conn.execute(query(hq.UNFREEZE_EXPIRED, dialect))
+            from edm.db.notify import notify
+
+            notify(conn, "services")
+    verb = "would be unfrozen" if dry_run else "unfrozen"
+    detail = f"{', '.join(names)} {verb}: the freeze's time is up" if names else "no freeze expired"
+    return Repair("unfreeze", len(names), detail)
+
+
+def _reputation_freeze(engine: Engine, settings: Settings, dry_run: bool) -> Repair:
+    """Freeze each service whose sender reputation is critical, for
+    EDM_REPUTATION_FREEZE_SECONDS, so a bad list cannot burn its sending domain; the rest of
+    its tasks goes through the other services. The alert says how to undo it."""
+    dialect = engine.dialect.name
+    frozen: list[str] = []
+    with engine.begin() as conn:
+        now = float(conn.execute(query(SELECT_NOW, dialect)).scalar_one())
+        for bad in (r for r in reputations(conn, settings, now) if r.status == CRITICAL):
+            rates = "; ".join(text for status, text in bad.flags if status == CRITICAL)
+            until = datetime.fromtimestamp(now + settings.reputation_freeze_seconds, UTC)
+            reason = (
+                f"sender reputation critical ({rates}): frozen by repair until"
+                f" {until:%Y-%m-%d %H:%M} UTC"
+            )
+            if dry_run:
+                frozen.append(f"{bad.name} ({rates})")
+                continue
+            changed = conn.execute(
+                query(hq.FREEZE_FOR, dialect),
+                {
+                    "id": bad.service_id,
+                    "reason": reason,
+                    "seconds": settings.reputation_freeze_seconds,
+                },
+            ).rowcount
+            if changed:
+                frozen.append(f"{bad.name} ({rates})")
+                from edm.health.alerts import notify_repair
+
+                notify_repair(
+                    conn,
+                    settings,
+                    check="reputation",
+                    message=f"{bad.name} frozen for"
+                    f" {settings.reputation_freeze_seconds / 60:.0f} min: {rates}. Its tasks go"
+                    f" on through the other services. Clean the list; to send through it again"
+                    f" now: `edm service unfreeze {bad.name}`",
+                    now=now,
+                )
+        if frozen and not dry_run:
+            from edm.db.notify import notify
+
+            notify(conn, "services")
+    verb = "would be frozen" if dry_run else "frozen"
+    detail = (
+        f"{'; '.join(frozen)} {verb} for {settings.reputation_freeze_seconds:g} s"
+        if frozen
+        else "no service's sender reputation is critical"
+    )
+    return Repair("reputation_freeze", len(frozen), detail)

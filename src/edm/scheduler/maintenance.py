@@ -142,16 +142,21 @@ def run_upkeep(
     engine: Engine, settings: Settings | None = None, *, repair: bool = False
 ) -> UpkeepReport:
     """One pass; with `repair`, also the repairs upkeep does not do every pass (delivery
-    facts set again from the event log where they differ)."""
+    facts set again from the event log, freezes lifted or set). What it repaired is
+    recorded (`edm repair --history`)."""
     report = UpkeepReport()
     reap(engine, report, settings)
     reconcile(engine, report, settings)
     retry_events(engine, report, settings)
     upkeep_tasks(engine, report)
-    if repair:
-        from edm.health.repair import repair_facts
+    from edm.health import repair as repairs
 
-        report.facts_repaired = repair_facts(engine).count
+    done = repairs.upkeep_repairs(report)
+    if repair:
+        scheduled = repairs.scheduled(engine, settings or get_settings())
+        report.facts_repaired = next(r.count for r in scheduled if r.kind == "facts")
+        done += scheduled
+    repairs.record(engine, done)
     if report.changed():
         log.info("upkeep: %s", {k: v for k, v in vars(report).items() if v and k != "notes"})
     return report

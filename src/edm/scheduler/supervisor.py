@@ -28,6 +28,8 @@ from edm.config import Settings
 from edm.db import queries as q
 from edm.db import secrets as db_secrets
 from edm.db.notify import Listener
+from edm.health.alerts import AlertLoop
+from edm.health.repair import Repair, record
 from edm.providers.registry import make_provider
 from edm.scheduler.maintenance import RepairTimer, run_upkeep, work_left
 from edm.scheduler.worker import ServiceInfo, ServiceWorker
@@ -121,6 +123,8 @@ class Supervisor:
             # Listening before "started" is said: work added after it wakes the workers.
             # Should the database be slow, the idle poll still finds the work.
             await asyncio.to_thread(listener.ready.wait, LISTEN_READY_SECONDS)
+        alerts = AlertLoop(self.engine, self.settings, self.instance_id)
+        alerts.start()
         try:
             await self._sync()
             message = f"started {self.snapshot.running}/{self.snapshot.wanted} services"
@@ -139,6 +143,7 @@ class Supervisor:
             await self._shutdown()
             if listener:
                 listener.stop()
+            await asyncio.to_thread(alerts.stop)
         return 0
 
     async def _upkeep_loop(self) -> None:
@@ -197,10 +202,13 @@ class Supervisor:
             if handle is None:
                 handle = self.handles[service_id] = Handle(_service_info(row))
             if not handle.alive and now >= handle.retry_at:
-                if handle.worker is not None:
+                restarting = handle.worker is not None
+                if restarting:
                     # A worker of this instance died: what it held comes back at once.
                     await asyncio.to_thread(self._release_claims, handle)
                 await self._start(handle, now)
+                if restarting and handle.alive:
+                    await asyncio.to_thread(self._record_restart, handle)
         self.snapshot = Snapshot(
             running=sum(1 for sid in wanted if self.handles.get(sid) and self.handles[sid].alive),
             wanted=len(wanted),
@@ -256,6 +264,23 @@ class Supervisor:
                 )
         except Exception:
             log.exception("could not record the error of service %s", handle.service.name)
+
+    def _record_restart(self, handle: Handle) -> None:
+        try:
+            record(
+                self.engine,
+                [
+                    Repair(
+                        "worker_restart",
+                        1,
+                        f"worker of {handle.service.name} restarted (restart"
+                        f" {handle.restarts}) after: {handle.last_error}",
+                    )
+                ],
+                self.instance_id,
+            )
+        except Exception:
+            log.exception("could not record the restart of %s", handle.service.name)
 
     def _release_claims(self, handle: Handle) -> None:
         try:

@@ -21,6 +21,7 @@ from sqlalchemy import Engine
 from edm.config import Settings
 from edm.db import queries as q
 from edm.db.secrets import signing_key
+from edm.health import metrics
 from edm.messages import MessageBuilder, TaskTemplates, TemplateError
 from edm.providers.base import OutgoingMessage, Provider, ProviderError
 from edm.scheduler.claim import Claim, ClaimedRow, claim
@@ -351,6 +352,8 @@ class ServiceWorker:
     async def _send_group(self, token: str, group: list[tuple[OutgoingMessage, int]]) -> None:
         try:
             outcomes = await self._send_all(group)
+            for outcome in outcomes:
+                metrics.SENDS.labels(self.service.name, outcome.kind).inc()
             await asyncio.to_thread(
                 record_outcomes, self.engine, self.service.id, token, outcomes, self.settings
             )
@@ -398,6 +401,13 @@ class ServiceWorker:
                 return _timed_out(message, attempts, started, timeout)
 
     async def _call_provider(self, message: OutgoingMessage, attempts: int) -> Outcome:
+        clock = time.perf_counter()
+        try:
+            return await self._call_provider_once(message, attempts)
+        finally:  # a call cut off by our time limit counts too, at the time it took
+            metrics.SEND_SECONDS.labels(self.service.name).observe(time.perf_counter() - clock)
+
+    async def _call_provider_once(self, message: OutgoingMessage, attempts: int) -> Outcome:
         started = time.time()
         try:
             result = await self.provider.send(message)
