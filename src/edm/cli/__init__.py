@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from edm.cli import contacts, db, events, health, repair, run, serve, services, tasks
+from edm.cli import contacts, db, diagnose, events, health, repair, run, serve, services, tasks
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -28,6 +28,7 @@ app.command("demo")(run.demo)
 app.command("serve")(serve.serve)
 app.command("health")(health.health)
 app.command("repair")(repair.repair)
+app.command("diagnose")(diagnose.diagnose)
 
 
 def _print_version(value: bool) -> None:
