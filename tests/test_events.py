@@ -446,3 +446,39 @@ def test_contact_rules_for_bounces(engine: Engine, env: dict[str, str]) -> None:
         _post(engine, generic_event("soft", third, 1e6 + at, f"s3-{i}"))
     assert scalar(engine, "SELECT status FROM contacts WHERE id = 3") == "bounced"
     assert scalar(engine, "SELECT status_reason FROM contacts WHERE id = 3") == "3 soft bounces"
+
+
+def test_a_batch_cut_off_by_the_database_is_taken_again_once_it_answers(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not only once its claim is STALE_PROCESSING_SECONDS old: a webhook answered 200
+    just before an outage is applied as soon as the database is back."""
+    from sqlalchemy.exc import OperationalError
+
+    from edm.events.processor import BatchProcessor
+
+    body = json.dumps({"event": "delivered", "subtask_id": 1, "timestamp": 1}).encode()
+    request_id = log_request(engine, "generic", {}, body)
+    process = pipeline._process_claimed
+    cut_off = threading.Event()
+
+    def fails_once(*args: object) -> object:
+        if not cut_off.is_set():
+            cut_off.set()
+            raise OperationalError("UPDATE ...", {}, Exception("server closed the connection"))
+        return process(*args)
+
+    monkeypatch.setattr(pipeline, "_process_claimed", fails_once)
+    processor = BatchProcessor(engine)
+    processor.start()
+    try:
+        processor.notify()
+        deadline = time.monotonic() + 10
+        while scalar(engine, "SELECT status FROM webhook_requests WHERE id = :i", i=request_id) != (
+            "processed"
+        ):
+            assert time.monotonic() < deadline, "the request was not taken again"
+            time.sleep(0.05)
+    finally:
+        processor.stop()
+    assert cut_off.is_set()

@@ -22,6 +22,7 @@ from sqlalchemy import Engine
 
 from edm.api.app import create_app
 from edm.config import Settings
+from edm.db.outage import log_failure
 from edm.health.alerts import AlertLoop
 from edm.scheduler.maintenance import RepairTimer, run_upkeep
 from edm.scheduler.supervisor import Supervisor
@@ -69,8 +70,8 @@ class UpkeepLoop:
                 await asyncio.to_thread(
                     run_upkeep, self.engine, self.settings, repair=repairs.due()
                 )
-            except Exception:
-                log.exception("upkeep failed; trying again")
+            except Exception as exc:
+                log_failure(log, "upkeep failed; trying again", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.settings.maintenance_seconds)
 

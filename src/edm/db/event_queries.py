@@ -231,6 +231,12 @@ EVENT_BY_KEY = both("""
     SELECT id, status FROM events WHERE provider = :provider AND dedupe_key = :dedupe_key""")
 
 # Many logged requests taken at once by one processor; another processor skips them.
+# A batch that failed after its claim (the database went away): its requests wait again
+# at once, rather than until they are stale.
+RELEASE_REQUESTS = both("""
+    UPDATE webhook_requests SET status = 'received', processed_at = NULL
+    WHERE id IN :ids AND status = 'processing'""")
+
 CLAIM_REQUESTS = each(
     {
         "postgresql": """

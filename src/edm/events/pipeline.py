@@ -288,6 +288,14 @@ def apply_events(engine: Engine, event_ids: list[int]) -> dict[int, str]:
 
 
 # -- many requests at once -------------------------------------------------------------------
+class BatchFailed(Exception):
+    """Processing claimed requests failed: `request_ids` are left `processing`."""
+
+    def __init__(self, request_ids: list[int]) -> None:
+        super().__init__(f"{len(request_ids)} claimed webhook requests not processed")
+        self.request_ids = request_ids
+
+
 def process_batch(engine: Engine, limit: int = BATCH_REQUESTS) -> int:
     """Process up to `limit` logged requests; how many it took (0: none was waiting)."""
     with engine.begin() as conn:
@@ -295,8 +303,17 @@ def process_batch(engine: Engine, limit: int = BATCH_REQUESTS) -> int:
             query(eq.CLAIM_REQUESTS, engine.dialect.name), {"limit": limit}
         ).all()
     if claimed:
-        _process_claimed(engine, [(r.id, r.provider, r.body) for r in claimed])
+        try:
+            _process_claimed(engine, [(r.id, r.provider, r.body) for r in claimed])
+        except Exception as exc:
+            raise BatchFailed([r.id for r in claimed]) from exc
     return len(claimed)
+
+
+def release_requests(engine: Engine, request_ids: list[int]) -> None:
+    """Claimed requests whose batch failed wait to be processed again."""
+    with engine.begin() as conn:
+        conn.execute(query(eq.RELEASE_REQUESTS, engine.dialect.name, "ids"), {"ids": request_ids})
 
 
 def _process_claimed(

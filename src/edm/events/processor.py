@@ -12,7 +12,8 @@ import threading
 
 from sqlalchemy import Engine
 
-from edm.events.pipeline import process_batch
+from edm.db.outage import log_failure
+from edm.events.pipeline import BatchFailed, process_batch, release_requests
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +43,18 @@ class BatchProcessor:
         self._thread.join(timeout)
 
     def _run(self) -> None:
+        failed: list[int] = []  # claimed by a batch that failed, still `processing`
         while not self._stop.is_set():
             self._wake.wait(IDLE_SECONDS)
             self._wake.clear()
             try:
+                if failed:
+                    release_requests(self.engine, failed)
+                    failed = []
                 while not self._stop.is_set() and process_batch(self.engine):
                     pass
-            except Exception:  # the requests stay logged; upkeep or the next round retries
-                log.exception("processing webhook requests failed; trying again")
+            except Exception as exc:  # the requests stay logged; the next round retries
+                if isinstance(exc, BatchFailed):
+                    failed += exc.request_ids
+                log_failure(log, "processing webhook requests failed; trying again", exc)
                 self._stop.wait(IDLE_SECONDS)

@@ -27,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 
 from edm.config import Settings
 from edm.db import health_queries as hq
+from edm.db.outage import log_failure
 from edm.db.queries import SELECT_NOW, query
 from edm.health.checks import CRITICAL, CheckResult, run_checks
 from edm.health.repair import INSTANCE
@@ -291,9 +292,10 @@ class AlertLoop:
                     if time.monotonic() >= next_judgement:
                         next_judgement = time.monotonic() + self.settings.alert_seconds
                         self._judge()
-                    deliver_due(self.engine, self.settings, client)
-                except Exception:  # noqa: BLE001 - the loop outlives any one failure
-                    log.exception("alerts: a pass failed; trying again")
+                    if not self._database_down:  # said once by _judge
+                        deliver_due(self.engine, self.settings, client)
+                except Exception as exc:  # noqa: BLE001 - the loop outlives any one failure
+                    log_failure(log, "alerts: a pass failed; trying again", exc)
                 self._stop.wait(tick)
 
     def _judge(self) -> None:

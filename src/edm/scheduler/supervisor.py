@@ -28,6 +28,7 @@ from edm.config import Settings
 from edm.db import queries as q
 from edm.db import secrets as db_secrets
 from edm.db.notify import Listener
+from edm.db.outage import log_failure
 from edm.health.alerts import AlertLoop
 from edm.health.repair import Repair, record
 from edm.providers.registry import make_provider
@@ -160,8 +161,8 @@ class Supervisor:
                     self.say("no running task has work left: exiting")
                     self.request_stop()
                     return
-            except Exception:
-                log.exception("upkeep failed; trying again")
+            except Exception as exc:
+                log_failure(log, "upkeep failed; trying again", exc)
             await asyncio.sleep(self.settings.maintenance_seconds)
 
     async def _shutdown(self) -> None:
@@ -245,6 +246,11 @@ class Supervisor:
         error = None if task.cancelled() else task.exception()
         if error is None:
             return  # stopped by itself (its service froze): the next sync decides
+        if now - (handle.started_at or now) > self.settings.restart_backoff_max_seconds:
+            # It ran long enough to have been healthy, not crash-looping: an outage now
+            # (the database went away) restarts it after the first back-off step, not
+            # after one more step for every outage this process has seen.
+            handle.restarts = 0
         self._failed(handle, now, f"worker crashed: {type(error).__name__}: {error}")
 
     def _failed(self, handle: Handle, now: float, error: str) -> None:
