@@ -47,6 +47,10 @@ class TaskView:
     started_at: float | None
     completed_at: float | None
     sent_last_minute: int = 0
+    # Its audience: lists sent to, lists left out, the condition on fields (none: everyone).
+    lists: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    where: str | None = None
     reasons: list[FailureReason] = field(default_factory=list)
     # Unique sub-tasks with each tracking fact; rates are of the sub-tasks sent.
     funnel: dict[str, int] = field(default_factory=dict)
@@ -89,6 +93,7 @@ def _view(conn: Connection, row, *, details: bool) -> TaskView:  # type: ignore[
         name
         for (name,) in conn.execute(q.query(q.TASK_SERVICE_NAMES, dialect), {"task_id": row.id})
     ]
+    audience = conn.execute(q.query(q.TASK_LIST_NAMES, dialect), {"task_id": row.id}).all()
     rate = 0
     reasons: list[FailureReason] = []
     funnel: dict[str, int] = {}
@@ -131,6 +136,9 @@ def _view(conn: Connection, row, *, details: bool) -> TaskView:  # type: ignore[
         reasons=reasons,
         funnel=funnel,
         shown=shown,
+        lists=[name for name, excluded in audience if not excluded],
+        exclude=[name for name, excluded in audience if excluded],
+        where=row.audience_where,
     )
 
 

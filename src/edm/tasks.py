@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from edm import template_checks as checks
 from edm import validation
+from edm.audience.lists import list_ids
+from edm.audience.selection import Audience, audience_filter, count_audience_in
 from edm.config import get_settings
 from edm.db import queries as q
-from edm.db.models import DELIVERY_POLICIES, Contact, Service, Task, TaskService
+from edm.db.models import DELIVERY_POLICIES, ContactList, Service, Task, TaskList, TaskService
 from edm.db.notify import notify
 
 # Showing tasks lives in edm.task_views (no ORM, fast to import); these names stay here too.
@@ -38,8 +40,10 @@ def create_task(
     delivery_policy: str = "at_most_once",
     start_at: float | None = None,
     allow_missing_fields: bool = False,
+    audience: Audience | None = None,
 ) -> int:
-    """Create a task and its sub-tasks; templates are checked against the audience first."""
+    """Create a task and its sub-tasks for `audience` (default: every contact); its
+    templates are checked against that audience before anything is kept."""
     name = validation.label(name, "task name", error=TaskInputError)
     for option, value in (("--subject", subject), ("--html", html), ("--text", text_body)):
         if value is not None:
@@ -58,10 +62,8 @@ def create_task(
     content = checks.TaskContent(subject, html, text_body)
     checks.check_sizes(content, get_settings().max_template_bytes)
     checks.check_syntax(content)
+    audience = audience or Audience()
     with Session(engine) as session, session.begin():
-        checks.check_against_audience(
-            session.connection(), content, allow_missing_fields=allow_missing_fields
-        )
         service_ids = []
         for service_name in services or []:
             service = session.scalar(select(Service).where(Service.name == service_name))
@@ -78,11 +80,16 @@ def create_task(
             delivery_policy=delivery_policy,
             status="draft",
             created_at=time.time(),
+            audience_where=audience.where,
         )
         session.add(task)
         session.flush()
         session.add_all(TaskService(task_id=task.id, service_id=sid) for sid in service_ids)
-        _expand(session, task.id)
+        _keep_audience(session, task.id, audience)
+        _expand(session, task.id, audience)
+        checks.check_against_audience(
+            session.connection(), content, task.id, allow_missing_fields=allow_missing_fields
+        )
         if start_at is not None:
             if start:
                 raise TaskInputError("use either --start or --at, not both")
@@ -94,15 +101,51 @@ def create_task(
         return task.id
 
 
-def _expand(session: Session, task_id: int) -> None:
-    """One sub-task per contact; running it again adds only contacts that are new.
+def _keep_audience(session: Session, task_id: int, audience: Audience) -> None:
+    conn = session.connection()
+    for names, excluded, option in (
+        (audience.lists, False, "--lists"),
+        (audience.exclude, True, "--exclude"),
+    ):
+        for list_id in list_ids(conn, list(names), option):
+            session.add(TaskList(task_id=task_id, list_id=list_id, excluded=excluded))
+    session.flush()
 
-    Refused when no contact is active: the task would complete at once, sending nothing.
+
+def _kept_audience(session: Session, task: Task) -> Audience:
+    """The audience a task was created for (its lists by their names today)."""
+    rows = session.execute(
+        select(ContactList.name, TaskList.excluded)
+        .join(TaskList, TaskList.list_id == ContactList.id)
+        .where(TaskList.task_id == task.id)
+        .order_by(ContactList.name)
+    ).all()
+    return Audience(
+        tuple(name for name, excluded in rows if not excluded),
+        tuple(name for name, excluded in rows if excluded),
+        task.audience_where,
+    )
+
+
+def _expand(session: Session, task_id: int, audience: Audience) -> None:
+    """One sub-task per contact of the audience; running it again adds only contacts that
+    are new.
+
+    Refused when no contact of the audience is active: the task would complete at once,
+    sending nothing.
     """
-    if session.scalar(select(Contact.id).where(Contact.status == "active").limit(1)) is None:
-        raise TaskInputError("no active contact to send to: import contacts first")
-    dialect = session.get_bind().dialect.name
-    session.execute(text(q.EXPAND_TASK[dialect]), {"task_id": task_id})
+    conn = session.connection()
+    dialect = conn.dialect.name
+    conn.execute(q.expand_task(dialect, task_id, audience_filter(conn, audience)))
+    pending = conn.execute(q.query(q.AUDIENCE_PENDING, dialect), {"task_id": task_id})
+    if not pending.scalar_one():
+        if audience == Audience():
+            raise TaskInputError("no active contact to send to: import contacts first")
+        counted = count_audience_in(conn, audience)
+        raise TaskInputError(
+            f"no active contact in the audience ({audience.describe()}):"
+            f" {counted.suppressed} suppressed, none active"
+        )
 
 
 def _set_running(session: Session, task: Task) -> None:
@@ -123,7 +166,7 @@ def start_task(engine: Engine, task_id: int) -> None:
         task = _get(session, task_id)
         if task.status not in ("draft", "scheduled"):
             raise TaskInputError(f"task {task_id} is {task.status}: only a draft can be started")
-        _expand(session, task.id)
+        _expand(session, task.id, _kept_audience(session, task))
         _set_running(session, task)
 
 

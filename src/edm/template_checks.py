@@ -69,18 +69,20 @@ def required_fields(content: TaskContent) -> set[str]:
 
 
 def check_against_audience(
-    conn: Connection, content: TaskContent, *, allow_missing_fields: bool = False
+    conn: Connection, content: TaskContent, task_id: int, *, allow_missing_fields: bool = False
 ) -> None:
-    """Refuse templates that need fields the audience lacks, or that fail for a real contact."""
+    """Refuse templates that need fields the audience (the contacts of the task's pending
+    sub-tasks) lacks, or that fail for a real contact."""
     dialect = conn.dialect.name
     needed = sorted(required_fields(content))
-    lacking = {field: _count_lacking(conn, dialect, field) for field in needed}
+    lacking = {field: _count_lacking(conn, dialect, field, task_id) for field in needed}
     missing = {field: n for field, n in lacking.items() if n}
     if missing and not allow_missing_fields:
         known = [
             row[0]
             for row in conn.execute(
-                q.query(q.AUDIENCE_FIELD_NAMES, dialect), {"limit": KNOWN_FIELDS_SHOWN}
+                q.query(q.AUDIENCE_FIELD_NAMES, dialect),
+                {"limit": KNOWN_FIELDS_SHOWN, "task_id": task_id},
             )
         ]
         what = "; ".join(
@@ -92,19 +94,21 @@ def check_against_audience(
             f"{', '.join(sorted(messages.STANDARD_FIELDS))}). Give the template a default, "
             '`{{ field | default("") }}`, or pass --allow-missing-fields'
         )
-    contact = _sample_contact(conn, dialect, needed)
+    contact = _sample_contact(conn, dialect, needed, task_id)
     if contact is not None:
         _render_once(content, contact, needed)
 
 
-def _count_lacking(conn: Connection, dialect: str, field: str) -> int:
-    params = {"field": field, "path": f'$."{field}"'}
+def _count_lacking(conn: Connection, dialect: str, field: str, task_id: int) -> int:
+    params = {"field": field, "path": f'$."{field}"', "task_id": task_id}
     return int(conn.execute(q.query(q.CONTACTS_LACKING_FIELD, dialect), params).scalar_one())
 
 
-def _sample_contact(conn: Connection, dialect: str, needed: list[str]) -> dict | None:
+def _sample_contact(conn: Connection, dialect: str, needed: list[str], task_id: int) -> dict | None:
     """The first audience contact that has every needed field (else the first one)."""
-    result = conn.execute(q.query(q.AUDIENCE_SAMPLE, dialect), {"limit": SAMPLE_CONTACTS})
+    result = conn.execute(
+        q.query(q.AUDIENCE_SAMPLE, dialect), {"limit": SAMPLE_CONTACTS, "task_id": task_id}
+    )
     rows = [dict(row._mapping) for row in result]
     for row in rows:
         if isinstance(row["fields"], str):

@@ -37,6 +37,7 @@ class ImportOptions:
     delimiter: str | None = None  # None: sniffed
     overwrite_empty: bool = False
     allow_reactivate: bool = False
+    list_name: str | None = None  # every contact of a good row is put on this list
 
 
 @dataclass
@@ -46,6 +47,7 @@ class ImportSummary:
     rows: int = 0  # non-blank data rows read
     rejected: int = 0
     counts: Counts = field(default_factory=Counts)
+    list_made: bool = False  # the list named by `list_name` did not exist and was made
 
     @property
     def imported(self) -> int:
@@ -78,7 +80,12 @@ def import_csv(
     # 3. import
     rules = MergeRules(options.overwrite_empty, options.allow_reactivate)
     with engine.begin() as conn:
-        writer = ContactWriter(conn, rules)
+        list_id = None
+        if options.list_name is not None:
+            from edm.audience.lists import ensure_list
+
+            list_id, summary.list_made = ensure_list(conn, options.list_name)
+        writer = ContactWriter(conn, rules, list_id)
         chunk: list[ContactRow] = []
         for record in source.records(report("importing")):
             summary.rows += 1

@@ -19,6 +19,7 @@ from sqlalchemy import (
     any_,
     bindparam,
     insert,
+    literal,
     select,
     text,
     update,
@@ -26,7 +27,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from edm.contacts.merge import ContactState
-from edm.db.models import Contact
+from edm.db.dialects import insert_ignoring
+from edm.db.models import Contact, ListMember
 
 CONTACTS = Contact.__table__
 
@@ -139,3 +141,16 @@ def update_contacts(conn: Connection, contacts: list[ContactState]) -> None:
                 for s in contacts
             ],
         )
+
+
+def put_on_list(conn: Connection, list_id: int, emails: list[str]) -> None:
+    """Put the contacts of these addresses on a list (those already on it stay)."""
+    c = Contact.__table__
+    rows = select(literal(list_id), c.c.id, literal(time.time())).where(
+        _among(c.c.email, emails, conn.dialect.name)
+    )
+    conn.execute(
+        insert_ignoring(conn, ListMember.__table__, ["list_id", "contact_id"]).from_select(
+            ["list_id", "contact_id", "added_at"], rows
+        )
+    )

@@ -78,9 +78,10 @@ def plan_chunk(
 class ContactWriter:
     """Writes chunks of rows; `close()` before the transaction commits."""
 
-    def __init__(self, conn: Connection, rules: MergeRules) -> None:
+    def __init__(self, conn: Connection, rules: MergeRules, list_id: int | None = None) -> None:
         self.conn = conn
         self.rules = rules
+        self.list_id = list_id  # every contact written is put on this list
         self.counts = Counts()
         store.start_seen(conn)
 
@@ -101,6 +102,8 @@ class ContactWriter:
                     raise
         store.update_contacts(self.conn, plan.updates)
         self.counts.add(plan.counts)
+        if self.list_id is not None:
+            store.put_on_list(self.conn, self.list_id, emails)
 
     def close(self) -> None:
         store.end_seen(self.conn)

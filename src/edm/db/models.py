@@ -119,6 +119,9 @@ class Task(Base):
     created_at: Mapped[float] = mapped_column(Float)
     started_at: Mapped[float | None] = mapped_column(Float)
     completed_at: Mapped[float | None] = mapped_column(Float)
+    # The audience's condition on contact fields (edm.audience.condition), canonical text;
+    # its lists are in task_lists. None and no lists: every contact.
+    audience_where: Mapped[str | None] = mapped_column(Text)
 
 
 class TaskService(Base):
@@ -377,3 +380,58 @@ class RepairRecord(Base):
     detail: Mapped[str] = mapped_column(Text)
     instance_id: Mapped[str] = mapped_column(String(100))
     at: Mapped[float] = mapped_column(Float)
+
+
+class ContactList(Base):
+    """A named list of contacts; a contact belongs to any number of lists."""
+
+    __tablename__ = "lists"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    description: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class ListMember(Base):
+    __tablename__ = "list_members"
+    __table_args__ = (Index("ix_list_members_contact_id", "contact_id"),)
+
+    list_id: Mapped[int] = mapped_column(
+        ForeignKey("lists.id", ondelete="CASCADE"), primary_key=True
+    )
+    contact_id: Mapped[int] = mapped_column(
+        ForeignKey("contacts.id", ondelete="CASCADE"), primary_key=True
+    )
+    added_at: Mapped[float] = mapped_column(Float)
+
+
+class TaskList(Base):
+    """A list a task sends to, or (`excluded`) whose members it leaves out."""
+
+    __tablename__ = "task_lists"
+
+    task_id: Mapped[int] = mapped_column(
+        ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True
+    )
+    # No cascade: a list a task was built from is not deleted under it.
+    list_id: Mapped[int] = mapped_column(ForeignKey("lists.id"), primary_key=True)
+    excluded: Mapped[bool] = mapped_column(Boolean, server_default=false())
+
+
+API_ROLES = ("admin", "read")
+
+
+class ApiToken(Base):
+    """A bearer token of the REST API. Only its SHA-256 is kept: the token itself is shown
+    once, when it is made."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    role: Mapped[str] = mapped_column(String(20))  # admin | read
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    last_used_at: Mapped[float | None] = mapped_column(Float)
+    revoked_at: Mapped[float | None] = mapped_column(Float)

@@ -10,7 +10,18 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from sqlalchemy import TextClause, bindparam, text
+from sqlalchemy import (
+    ColumnElement,
+    Insert,
+    TextClause,
+    bindparam,
+    case,
+    literal,
+    literal_column,
+    null,
+    select,
+    text,
+)
 
 NOW = {
     "postgresql": "extract(epoch from clock_timestamp())::float8",
@@ -308,45 +319,73 @@ START_SCHEDULED = both("""
     UPDATE tasks SET status = 'running', started_at = {now}
     WHERE status = 'scheduled' AND scheduled_at <= {now}""")
 
-EXPAND_TASK = {
-    dialect: f"""
-        INSERT INTO sub_tasks (task_id, contact_id, status, idempotency_key, last_error,
-                               finished_at)
-        SELECT :task_id, c.id,
-               CASE WHEN c.status = 'active' THEN 'pending' ELSE 'skipped' END,
-               {RANDOM_KEY[dialect]},
-               CASE WHEN c.status = 'active' THEN NULL ELSE 'contact is ' || c.status END,
-               CASE WHEN c.status = 'active' THEN NULL ELSE {NOW[dialect]} END
-        FROM contacts c
-        ORDER BY c.id
-        ON CONFLICT (task_id, contact_id) DO NOTHING"""
-    for dialect in ("postgresql", "sqlite")
-}
 
-# -- checks at task create: the audience is every active contact --------------------------------
+def expand_task(dialect: str, task_id: int, audience: ColumnElement[bool]) -> Insert:
+    """One sub-task per contact of the audience (a filter on `contacts`, see
+    `edm.audience.selection`): `pending` for an active contact, `skipped` with the reason for
+    a suppressed one. Contacts that already have one are left alone, so running it again
+    adds only the new ones. Built with SQLAlchemy: the audience carries bound parameters."""
+    from edm.db.dialects import insert_into
+    from edm.db.models import Contact, SubTask
+
+    c = Contact.__table__
+    active = c.c.status == "active"
+    rows = (
+        select(
+            literal(task_id),
+            c.c.id,
+            case((active, literal("pending")), else_=literal("skipped")),
+            literal_column(RANDOM_KEY[dialect]),
+            case((active, null()), else_=literal("contact is ").concat(c.c.status)),
+            case((active, null()), else_=literal_column(NOW[dialect])),
+        )
+        .where(audience)
+        .order_by(c.c.id)
+    )
+    columns = ["task_id", "contact_id", "status", "idempotency_key", "last_error", "finished_at"]
+    return (
+        insert_into(dialect, SubTask.__table__)
+        .from_select(columns, rows)
+        .on_conflict_do_nothing(index_elements=["task_id", "contact_id"])
+    )
+
+
+# -- checks at task create, on the task's audience: its pending sub-tasks' contacts --------
+_AUDIENCE = """contacts c JOIN sub_tasks s ON s.contact_id = c.id
+        WHERE s.task_id = :task_id AND s.status = 'pending'"""
+
 # A field is missing when the contact's JSON has no such key (a JSON column on PostgreSQL:
 # cast to jsonb for the key test).
 CONTACTS_LACKING_FIELD = {
-    "postgresql": """
-        SELECT count(*) FROM contacts
-        WHERE status = 'active' AND NOT jsonb_exists(CAST(fields AS jsonb), :field)""",
-    "sqlite": """
-        SELECT count(*) FROM contacts
-        WHERE status = 'active' AND json_type(fields, :path) IS NULL""",
+    "postgresql": f"""
+        SELECT count(*) FROM {_AUDIENCE}
+          AND NOT jsonb_exists(CAST(c.fields AS jsonb), :field)""",
+    "sqlite": f"""
+        SELECT count(*) FROM {_AUDIENCE} AND json_type(c.fields, :path) IS NULL""",
 }
 
 AUDIENCE_FIELD_NAMES = {
     "postgresql": """
-        SELECT DISTINCT k FROM contacts, jsonb_object_keys(CAST(fields AS jsonb)) AS k
-        WHERE status = 'active' ORDER BY k LIMIT :limit""",
+        SELECT DISTINCT k
+        FROM contacts c JOIN sub_tasks s ON s.contact_id = c.id,
+             jsonb_object_keys(CAST(c.fields AS jsonb)) AS k
+        WHERE s.task_id = :task_id AND s.status = 'pending' ORDER BY k LIMIT :limit""",
     "sqlite": """
-        SELECT DISTINCT j.key FROM contacts, json_each(contacts.fields) AS j
-        WHERE contacts.status = 'active' ORDER BY j.key LIMIT :limit""",
+        SELECT DISTINCT j.key
+        FROM contacts c JOIN sub_tasks s ON s.contact_id = c.id, json_each(c.fields) AS j
+        WHERE s.task_id = :task_id AND s.status = 'pending' ORDER BY j.key LIMIT :limit""",
 }
 
-AUDIENCE_SAMPLE = both("""
-    SELECT id, email, name, fields, status FROM contacts
-    WHERE status = 'active' ORDER BY id LIMIT :limit""")
+AUDIENCE_SAMPLE = both(f"""
+    SELECT c.id, c.email, c.name, c.fields, c.status FROM {_AUDIENCE}
+    ORDER BY c.id LIMIT :limit""")
+
+# Pending sub-tasks whose contact can still be sent to (one may have bounced since the
+# task was created: upkeep skips its row).
+AUDIENCE_PENDING = both("""
+    SELECT count(*) FROM sub_tasks s JOIN contacts c ON c.id = s.contact_id
+    WHERE s.task_id = :task_id AND s.status = 'pending' AND c.status = 'active'""")
+
 
 CANCEL_SUBTASKS = both("""
     UPDATE sub_tasks SET status = 'cancelled', finished_at = {now}, lease_expires_at = NULL
@@ -354,9 +393,12 @@ CANCEL_SUBTASKS = both("""
 
 # -- what `task show` and `task list` read ---------------------------------------------------------
 _TASK_COLUMNS = """id, name, status, status_reason, delivery_policy, priority, created_at,
-    scheduled_at, started_at, completed_at"""
+    scheduled_at, started_at, completed_at, audience_where"""
 TASK_ROW = both(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = :task_id")
 TASK_ROWS = both(f"SELECT {_TASK_COLUMNS} FROM tasks ORDER BY id")
+TASK_LIST_NAMES = both("""
+    SELECT l.name, t.excluded FROM task_lists t JOIN lists l ON l.id = t.list_id
+    WHERE t.task_id = :task_id ORDER BY l.name""")
 
 TASK_SERVICE_NAMES = both("""
     SELECT s.name FROM services s JOIN task_services ts ON ts.service_id = s.id

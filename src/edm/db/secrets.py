@@ -7,9 +7,8 @@ from __future__ import annotations
 import secrets
 
 from sqlalchemy import Engine, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from edm.db.dialects import insert_ignoring
 from edm.db.models import AppSetting
 
 KEY = "secret_key"
@@ -30,11 +29,10 @@ def webhook_token(engine: Engine) -> str:
 
 def _made_once(engine: Engine, key: str) -> str:
     """The value under `key`, made at random by whichever instance asks first."""
-    insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
     with engine.begin() as conn:
         conn.execute(
-            insert(AppSetting)
-            .values(key=key, value=secrets.token_urlsafe(32))
-            .on_conflict_do_nothing(index_elements=[AppSetting.key])
+            insert_ignoring(conn, AppSetting.__table__, ["key"]).values(
+                key=key, value=secrets.token_urlsafe(32)
+            )
         )
         return conn.execute(select(AppSetting.value).where(AppSetting.key == key)).scalar_one()
