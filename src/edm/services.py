@@ -15,7 +15,13 @@ from edm.config import Settings
 from edm.db.models import Service, WorkerHeartbeat
 from edm.db.notify import notify
 from edm.messages import tracking_headers
-from edm.providers.base import OptionError, OutgoingMessage, SendResult, UnknownOutcomeError
+from edm.providers.base import (
+    OptionError,
+    OutgoingMessage,
+    Provider,
+    SendResult,
+    UnknownOutcomeError,
+)
 from edm.providers.registry import make_provider, provider_class
 from edm.scheduler.pace import utc_day
 
@@ -230,11 +236,18 @@ def send_test_message(engine: Engine, name: str, to: str, settings: Settings) ->
         ),
     )
 
+    return send_one(provider, message, settings.lease_seconds)
+
+
+def send_one(provider: Provider, message: OutgoingMessage, timeout: float) -> SendResult:
+    """One provider call outside any task (a test message), under the worker's time limit:
+    no answer in time is an unknown outcome, as it would be for a campaign."""
+
     async def send() -> SendResult:
         try:
-            return await asyncio.wait_for(provider.send(message), settings.lease_seconds)
+            return await asyncio.wait_for(provider.send(message), timeout)
         except TimeoutError:
-            raise UnknownOutcomeError(f"no answer within {settings.lease_seconds:g}s") from None
+            raise UnknownOutcomeError(f"no answer within {timeout:g}s") from None
         finally:
             await provider.close()
 

@@ -11,7 +11,10 @@ from sqlalchemy import Engine
 
 from edm.api import errors, health, metrics, unsubscribe, webhooks
 from edm.api.dependencies import InstallationSecrets
+from edm.api.resources import contacts, lists, report, services, tasks
+from edm.api.resources import events as event_resources
 from edm.config import Settings, get_settings
+from edm.console import pages as console
 from edm.events.intake import IntakeWriter
 from edm.events.processor import BatchProcessor
 from edm.health.checks import CachedChecks
@@ -39,7 +42,15 @@ def create_app(engine: Engine | None = None, settings: Settings | None = None) -
             intake.stop()
             processor.stop()
 
-    app = FastAPI(title="edm", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app = FastAPI(
+        title="edm",
+        version=_version(),
+        description="The REST API of edm: `Authorization: Bearer TOKEN` (`edm token create`).",
+        openapi_url="/api/openapi.json",
+        docs_url="/api/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
     app.state.engine = engine
     app.state.intake = intake
     app.state.processor = processor
@@ -53,4 +64,18 @@ def create_app(engine: Engine | None = None, settings: Settings | None = None) -
     app.include_router(unsubscribe.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(lists.router)
+    app.include_router(contacts.router)
+    app.include_router(tasks.router)
+    app.include_router(services.router)
+    app.include_router(event_resources.router)
+    app.include_router(report.router)
+    app.include_router(console.router)
+    app.mount(console.STATIC_PATH, console.static_files(), name="console-static")
     return app
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("edm")

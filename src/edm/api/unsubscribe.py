@@ -26,7 +26,8 @@ from edm.messages import read_unsubscribe_token
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/unsubscribe", tags=["unsubscribe"])
+# Pages for recipients' browsers, not part of the API: left out of the OpenAPI schema.
+router = APIRouter(prefix="/unsubscribe", tags=["unsubscribe"], include_in_schema=False)
 
 # The token is a credential in the URL: no caching, no referrer, no indexing.
 HEADERS = {

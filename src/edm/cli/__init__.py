@@ -11,7 +11,23 @@ from typing import Annotated
 
 import typer
 
-from edm.cli import contacts, db, diagnose, events, health, repair, run, serve, services, tasks
+from edm.cli import (
+    audience,
+    contacts,
+    db,
+    diagnose,
+    events,
+    health,
+    lists,
+    plan,
+    repair,
+    report,
+    run,
+    serve,
+    services,
+    tasks,
+    tokens,
+)
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -23,11 +39,16 @@ app.add_typer(services.app, name="service")
 app.add_typer(contacts.app, name="contacts")
 app.add_typer(tasks.app, name="task")
 app.add_typer(events.app, name="events")
+app.add_typer(lists.app, name="list")
+app.add_typer(audience.app, name="audience")
+app.add_typer(tokens.app, name="token")
 app.command("worker")(run.worker)
 app.command("demo")(run.demo)
 app.command("serve")(serve.serve)
 app.command("health")(health.health)
 app.command("repair")(repair.repair)
+app.command("plan")(plan.plan)
+app.command("report")(report.report)
 app.command("diagnose")(diagnose.diagnose)
 
 

@@ -1,0 +1,1 @@
+"""The REST API's resources under `/api`, one module each, on the CLI's domain modules."""
