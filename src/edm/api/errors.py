@@ -32,6 +32,12 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+# What the REST API's routes declare they may answer besides success, for the schema.
+ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    status: {"model": ErrorBody} for status in (400, 401, 403, 404, 409)
+}
+
+
 class ApiError(Exception):
     """An answer other than success, raised from a handler or a dependency."""
 

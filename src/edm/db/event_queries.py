@@ -214,7 +214,7 @@ SUPPRESS_CONTACT = both(f"""
 REOPEN_EVENTS = both("""
     UPDATE events SET status = 'unmatched' WHERE id IN :ids AND status = 'given_up'""")
 
-# -- what `edm events list` shows, newest first --------------------------------------------------
+# -- what `edm events list` and `GET /api/events` show, newest first, below `:before` -----------
 EVENT_LIST = both("""
     SELECT e.id, e.provider, e.event, e.status, e.occurred_at, e.created_at, e.sub_task_id,
            s.task_id, e.matched_by, e.duplicates, e.recipient, e.error
@@ -222,6 +222,7 @@ EVENT_LIST = both("""
     WHERE (CAST(:status AS VARCHAR(20)) IS NULL OR e.status = :status
            OR (:status = 'duplicate' AND e.duplicates > 0))
       AND (CAST(:task_id AS BIGINT) IS NULL OR s.task_id = :task_id OR e.ref_task_id = :task_id)
+      AND e.id < :before
     ORDER BY e.id DESC LIMIT :limit""")
 
 EVENT_IDS_BY_STATUS = both("""
@@ -269,9 +270,12 @@ LOCK_CONTACT_OF = each(
     }
 )
 
-# Requests whose body could not be parsed: `edm events list --status invalid`.
+# Requests whose body could not be parsed: `edm events list --status invalid`. They
+# belong to no task: asked for a task's, there are none.
 INVALID_REQUEST_LIST = both("""
     SELECT id, provider, 'request' AS event, status, received_at AS occurred_at,
            received_at AS created_at, NULL AS sub_task_id, NULL AS task_id, NULL AS matched_by,
            0 AS duplicates, NULL AS recipient, error
-    FROM webhook_requests WHERE status = 'invalid' ORDER BY id DESC LIMIT :limit""")
+    FROM webhook_requests
+    WHERE status = 'invalid' AND CAST(:task_id AS BIGINT) IS NULL AND id < :before
+    ORDER BY id DESC LIMIT :limit""")

@@ -26,9 +26,19 @@ class EventQueryError(ValueError):
     """A filter that names nothing real; the message says which."""
 
 
+# Above every id: the first page.
+FIRST_PAGE = 2**63 - 1
+
+
 def list_events(
-    engine: Engine, *, task_id: int | None = None, status: str | None = None, limit: int = 50
+    engine: Engine,
+    *,
+    task_id: int | None = None,
+    status: str | None = None,
+    limit: int = 50,
+    before: int = FIRST_PAGE,
 ) -> list[dict]:
+    """Events newest first, with ids below `before` (the cursor of the next page)."""
     if status is not None and status not in LISTED_STATUSES:
         raise EventQueryError(f"--status must be one of {', '.join(LISTED_STATUSES)}")
     if not 1 <= limit <= 10_000:
@@ -36,12 +46,13 @@ def list_events(
     with engine.connect() as conn:
         if status == "invalid":
             rows = conn.execute(
-                query(eq.INVALID_REQUEST_LIST, engine.dialect.name), {"limit": limit}
+                query(eq.INVALID_REQUEST_LIST, engine.dialect.name),
+                {"task_id": task_id, "before": before, "limit": limit},
             )
             return [dict(row._mapping) for row in rows]
         rows = conn.execute(
             query(eq.EVENT_LIST, engine.dialect.name),
-            {"status": status, "task_id": task_id, "limit": limit},
+            {"status": status, "task_id": task_id, "before": before, "limit": limit},
         )
         return [dict(row._mapping) for row in rows]
 

@@ -21,7 +21,6 @@ from edm.api.access import Caller
 from edm.api.errors import ApiError, ErrorBody
 from edm.api.pages import Cursor, Limit, Page, after_id, next_cursor
 from edm.api.resources.services import json_number
-from edm.db.queries import both, query
 from edm.events import pipeline, views
 from edm.validation import ID_MAX
 
@@ -31,25 +30,6 @@ ERRORS = {
     401: {"model": ErrorBody},
     403: {"model": ErrorBody},
 }
-
-# `views.list_events` from below a cursor, which it cannot do yet: the same statements
-# with `id < :before`, and no task for an invalid request (it has none).
-EVENT_PAGE = both("""
-    SELECT e.id, e.provider, e.event, e.status, e.occurred_at, e.created_at, e.sub_task_id,
-           s.task_id, e.matched_by, e.duplicates, e.recipient, e.error
-    FROM events e LEFT JOIN sub_tasks s ON s.id = e.sub_task_id
-    WHERE (CAST(:status AS VARCHAR(20)) IS NULL OR e.status = :status
-           OR (:status = 'duplicate' AND e.duplicates > 0))
-      AND (CAST(:task_id AS BIGINT) IS NULL OR s.task_id = :task_id OR e.ref_task_id = :task_id)
-      AND e.id < :before
-    ORDER BY e.id DESC LIMIT :limit""")
-INVALID_PAGE = both("""
-    SELECT id, provider, 'request' AS event, status, received_at AS occurred_at,
-           received_at AS created_at, NULL AS sub_task_id, NULL AS task_id, NULL AS matched_by,
-           0 AS duplicates, NULL AS recipient, error
-    FROM webhook_requests
-    WHERE status = 'invalid' AND CAST(:task_id AS BIGINT) IS NULL AND id < :before
-    ORDER BY id DESC LIMIT :limit""")
 
 ListedStatus = Literal[views.LISTED_STATUSES]
 ReprocessStatus = Literal[views.REPROCESSABLE]
@@ -105,11 +85,8 @@ def before_id(cursor: str | None) -> int:
 def event_page(
     engine: Engine, status: str | None, task_id: int | None, before: int, limit: int
 ) -> list[EventOut]:
-    sql = INVALID_PAGE if status == "invalid" else EVENT_PAGE
-    params = {"status": status, "task_id": task_id, "before": before, "limit": limit}
-    with engine.connect() as conn:
-        rows = conn.execute(query(sql, engine.dialect.name), params)
-        return [EventOut(**row._mapping) for row in rows]
+    rows = views.list_events(engine, task_id=task_id, status=status, limit=limit, before=before)
+    return [EventOut(**row) for row in rows]
 
 
 def reprocess(engine: Engine, ids: list[int], status: str | None) -> ReprocessOut:

@@ -9,20 +9,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from edm.api.access import Caller
-from edm.api.errors import ApiError, ErrorBody
+from edm.api.errors import ERROR_RESPONSES, ApiError
 from edm.audience import lists as lists_mod
 from edm.audience.selection import Audience, count_audience
 
 router = APIRouter(prefix="/api", tags=["lists"])
 # Names are shown in terminals and pages: no control characters, not blank.
 NAME_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
-ERRORS = {
-    400: {"model": ErrorBody},
-    401: {"model": ErrorBody},
-    403: {"model": ErrorBody},
-    404: {"model": ErrorBody},
-    409: {"model": ErrorBody},
-}
+ERRORS = ERROR_RESPONSES
 
 
 class ListOut(BaseModel):

@@ -24,20 +24,14 @@ from starlette.concurrency import run_in_threadpool
 
 from edm import services as services_mod
 from edm.api.access import Caller
-from edm.api.errors import ApiError, ErrorBody
+from edm.api.errors import ERROR_RESPONSES, ApiError
 from edm.cli.common import SECRET_WORDS, masked
 from edm.db.models import Service
 from edm.providers.base import ProviderError
 from edm.validation import ADDRESS_LENGTH, INT32_MAX, MAX_INTERVAL_SECONDS, NAME_LENGTH
 
 router = APIRouter(prefix="/api", tags=["services"])
-ERRORS = {
-    400: {"model": ErrorBody},
-    401: {"model": ErrorBody},
-    403: {"model": ErrorBody},
-    404: {"model": ErrorBody},
-    409: {"model": ErrorBody},
-}
+ERRORS = ERROR_RESPONSES
 MASK = "***"
 # How the domain's messages name a value (after the CLI's options), the words an API
 # client knows it by, and the field of the request that holds it.

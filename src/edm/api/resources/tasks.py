@@ -17,7 +17,7 @@ from starlette.responses import StreamingResponse
 from edm import messages, task_actions, validation
 from edm import tasks as tasks_mod
 from edm.api.access import Caller
-from edm.api.errors import ApiError, ErrorBody
+from edm.api.errors import ERROR_RESPONSES, ApiError
 from edm.api.pages import Cursor, Limit, Page, after_id, next_cursor
 from edm.audience.selection import Audience
 from edm.task_views import TaskNotFound
@@ -25,13 +25,7 @@ from edm.template_checks import TaskContent, TemplateCheckError, required_fields
 
 router = APIRouter(prefix="/api", tags=["tasks"])
 T = TypeVar("T")
-ERRORS = {
-    400: {"model": ErrorBody},
-    401: {"model": ErrorBody},
-    403: {"model": ErrorBody},
-    404: {"model": ErrorBody},
-    409: {"model": ErrorBody},
-}
+ERRORS = ERROR_RESPONSES
 
 TaskId = Annotated[int, Path(ge=1, le=validation.ID_MAX, description="the task's id")]
 SubTaskStatus = Literal[
