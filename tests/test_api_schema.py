@@ -18,7 +18,7 @@ from edm.config import Settings
 from edm.contacts import add_contacts
 from tests.api_server import api_server
 
-EXAMPLES_PER_OPERATION = 25
+EXAMPLES_PER_OPERATION = 15
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from tests.helpers import make_contacts
 
 runner = CliRunner()
 FUZZ = settings(
-    max_examples=120,
+    max_examples=50,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

@@ -32,6 +32,10 @@ class Settings(BaseSettings):
         1.0, ge=0, description="how far ahead a paced claim may book slots"
     )
     max_in_flight: int = Field(200, ge=1, description="claimed but unfinished sub-tasks per worker")
+    # How long a claim's watermark (the lowest row worth scanning) is trusted before the scan
+    # starts from a task's first row again: a retried or released row below it waits up to
+    # this much longer than its back-off. The expected size of a message is read as often.
+    rescan_seconds: float = Field(5.0, gt=0)
     max_in_flight_bytes: int = Field(
         32 * 1024 * 1024, ge=1, description="rendered messages a worker holds at once, in bytes"
     )

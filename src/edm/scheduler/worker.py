@@ -40,9 +40,6 @@ log = logging.getLogger(__name__)
 # Longest single sleep while waiting for a pace slot, so an operator's change of interval
 # is seen without a restart.
 MAX_PACE_SLEEP = 5.0
-# How long a claim watermark is trusted before the scan starts from a task's first row again;
-# the expected size of a message is read again as often.
-WATERMARK_SECONDS = 5.0
 # What a rendered message costs beyond its text (headers, objects), in bytes.
 MESSAGE_OVERHEAD_BYTES = 2048
 
@@ -114,7 +111,7 @@ class ServiceWorker:
                 if time.monotonic() >= self._watermarks_reset_at:
                     # Retried, released and reaped rows below the watermarks come back.
                     self._watermarks.clear()
-                    self._watermarks_reset_at = time.monotonic() + WATERMARK_SECONDS
+                    self._watermarks_reset_at = time.monotonic() + self.settings.rescan_seconds
                     self._message_estimate = await asyncio.to_thread(self._expected_message_bytes)
                 room = self._room()
                 if room <= 0:
