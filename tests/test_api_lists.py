@@ -96,6 +96,8 @@ def test_lists_and_audience_counts(database: Engine, client: httpx.Client) -> No
     assert "^" in bad.json()["error"]["message"]
     unknown = client.get("/api/audience/count", params={"lists": "nope"}, headers=admin)
     assert unknown.status_code == 400 and unknown.json()["error"]["field"] == "lists"
+    nul = client.get("/api/audience/count", params={"exclude": "a\x00b"}, headers=admin)
+    assert nul.status_code == 400 and nul.json()["error"]["field"] == "exclude"  # not a 503
 
     assert client.delete("/api/lists/all", headers=admin).status_code == 204
     gone = client.delete("/api/lists/all", headers=admin)

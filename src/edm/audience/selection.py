@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import ColumnElement, Connection, Engine, and_, exists, func, select, true
 
+from edm import validation
 from edm.audience.condition import Condition, parse, to_text
-from edm.audience.lists import list_ids
+from edm.audience.lists import ListInputError, list_ids
 from edm.db.models import Contact, ListMember
 
 CONTACTS = Contact.__table__
@@ -33,7 +34,7 @@ class Audience:
         where = where.strip() if where else None
         if where:
             where = to_text(parse(where))
-        return cls(_names(lists), _names(exclude), where or None)
+        return cls(_names(lists, "--lists"), _names(exclude, "--exclude"), where or None)
 
     @property
     def condition(self) -> Condition | None:
@@ -48,8 +49,13 @@ class Audience:
         return " ".join(parts)
 
 
-def _names(names: list[str] | None) -> tuple[str, ...]:
-    found = [name.strip() for name in names or [] if name.strip()]
+def _names(names: list[str] | None, option: str) -> tuple[str, ...]:
+    """List names as given, checked as text a database can hold (no NUL)."""
+    found = [
+        validation.db_text(name, option, error=ListInputError).strip()
+        for name in names or []
+        if name.strip()
+    ]
     return tuple(dict.fromkeys(found))
 
 

@@ -53,6 +53,9 @@ def audience_of(body: AudienceIn) -> Audience:
     """The audience of a request; a bad condition is a 400 naming `where`."""
     try:
         return Audience.of(body.lists, body.exclude, body.where)
+    except lists_mod.ListInputError as exc:
+        field = "exclude" if "--exclude" in str(exc) else "lists"
+        raise ApiError(400, "invalid_input", str(exc), field) from None
     except ValueError as exc:
         raise ApiError(400, "invalid_condition", str(exc), "where") from None
 
