@@ -373,15 +373,19 @@ def test_sender_reputation_per_service(database: Engine) -> None:
     send_all(database)
     now = time.time()
 
-    def facts(sql: str) -> None:
+    def facts(sql: str, age: float = 1000) -> None:
         with database.begin() as conn:
-            conn.execute(text(sql), {"t": now - 100})
+            conn.execute(text(sql), {"t": now - age})
 
     facts("UPDATE sub_tasks SET sent_at = :t, delivered_at = :t")
     assert check(database, "reputation").status == OK
     facts("UPDATE sub_tasks SET bounce_type = 'hard', delivered_at = NULL WHERE id <= 6")
     result = check(database, "reputation")
     assert result.status == WARN and "s: hard bounces 3.0%" in result.message
+    # Sent a minute ago: their bounces may still be on the way, so they are not judged yet.
+    facts("UPDATE sub_tasks SET sent_at = :t", age=60)
+    assert check(database, "reputation").status == OK
+    facts("UPDATE sub_tasks SET sent_at = :t")
     facts("UPDATE sub_tasks SET bounce_type = 'hard', delivered_at = NULL WHERE id <= 12")
     assert check(database, "reputation").status == CRITICAL
     facts("UPDATE sub_tasks SET bounce_type = NULL, delivered_at = :t")

@@ -97,6 +97,8 @@ class Settings(BaseSettings):
     health_success_min_calls: int = Field(20, ge=1)
     health_reputation_window_seconds: float = Field(86400.0, gt=0)
     health_reputation_min_sent: int = Field(200, ge=1)
+    # Sends younger than this are not judged yet: their bounces may still be on the way.
+    health_reputation_settle_seconds: float = Field(300.0, ge=0)
     health_bounce_warn: float = Field(0.02, ge=0, le=1)
     health_bounce_critical: float = Field(0.05, ge=0, le=1)
     health_complaint_warn: float = Field(0.001, ge=0, le=1)

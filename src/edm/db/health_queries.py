@@ -192,15 +192,17 @@ SEND_OUTCOMES = both("""
     GROUP BY s.id, s.name ORDER BY s.id""")
 
 # Per service, what became of the messages it sent since `:since`.
-# Per unfrozen service, what was sent since `:since` or its last unfreeze, the later: a
-# service an operator (or the expiry of a freeze) let send again is judged afresh.
+# Per unfrozen service, what was sent since `:since` or its last unfreeze, the later (a
+# service an operator, or the expiry of a freeze, let send again is judged afresh), and
+# before `:settled`: messages sent a moment ago have had no time for their bounces to come
+# back, and would make the rates look better than they are.
 REPUTATION = both("""
     SELECT s.id, s.name, count(*) AS sent,
            sum(CASE WHEN x.bounce_type = 'hard' THEN 1 ELSE 0 END) AS hard_bounces,
            sum(CASE WHEN x.delivered_at IS NOT NULL THEN 1 ELSE 0 END) AS delivered,
            sum(CASE WHEN x.complained_at IS NOT NULL THEN 1 ELSE 0 END) AS complaints
     FROM services s JOIN sub_tasks x ON x.service_id = s.id
-    WHERE x.sent_at >= :since AND NOT s.frozen
+    WHERE x.sent_at >= :since AND x.sent_at <= :settled AND NOT s.frozen
       AND (s.unfrozen_at IS NULL OR x.sent_at >= s.unfrozen_at)
     GROUP BY s.id, s.name ORDER BY s.id""")
 

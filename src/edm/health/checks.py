@@ -393,7 +393,10 @@ class Reputation:
 def reputations(conn: Connection, settings: Settings, now: float) -> list[Reputation]:
     """Every unfrozen service that sent in the window; also what repair freezes by."""
     window = settings.health_reputation_window_seconds
-    rows = conn.execute(query(hq.REPUTATION, conn.dialect.name), {"since": now - window}).all()
+    rows = conn.execute(
+        query(hq.REPUTATION, conn.dialect.name),
+        {"since": now - window, "settled": now - settings.health_reputation_settle_seconds},
+    ).all()
     found = []
     for row in rows:
         sent, delivered = int(row.sent), int(row.delivered)
