@@ -95,6 +95,7 @@ def test_notify_wakes_idle_workers_and_the_supervisor_at_once(
     from edm.db import open_database
     from tests.helpers import FAST_ENV, sent_by_service
 
+    # Polls of 30 s: a wake-up within 10 s can only be the NOTIFY.
     slow_polls = {"EDM_IDLE_POLL_SECONDS": "30", "EDM_SUPERVISOR_SECONDS": "30"}
     env = {**os.environ, **FAST_ENV, **slow_polls, "EDM_DATABASE_URL": pg_url}
     monkeypatch.setenv("EDM_DATABASE_URL", pg_url)
@@ -106,12 +107,12 @@ def test_notify_wakes_idle_workers_and_the_supervisor_at_once(
     try:
         wait_for(lambda: "started 1/1" in worker.stdout, 20, "start-up")
         task_id = tasks_mod.create_task(engine, "t", "s", text_body="x", start=True)
-        wait_for(lambda: status_counts(engine, task_id)["sent"] == 10, 3, "the new task")
+        wait_for(lambda: status_counts(engine, task_id)["sent"] == 10, 10, "the new task")
         services_mod.add_service(engine, "second", "sandbox", 0.0)
         second = tasks_mod.create_task(
             engine, "t2", "s", text_body="x", services=["second"], start=True
         )
-        wait_for(lambda: sent_by_service(engine, second)["second"] == 10, 3, "the new service")
+        wait_for(lambda: sent_by_service(engine, second)["second"] == 10, 10, "the new service")
     finally:
         assert worker.terminate() == 0
         engine.dispose()
