@@ -90,6 +90,20 @@ def add_service(
         return service.id
 
 
+# Options naming a path on the server's disk (the sandbox's outbox): set from the command
+# line only, so a web client (API or console) cannot make the server write where it likes.
+LOCAL_ONLY_OPTIONS = ("outbox",)
+
+
+def check_remote_options(options: dict[str, str]) -> None:
+    """Refuse, for a change made over HTTP, an option only the command line may set."""
+    for key in options:
+        if key in LOCAL_ONLY_OPTIONS:
+            raise ServiceInputError(
+                f"option {key} names a file on the server: set it with `edm service`"
+            )
+
+
 def _quota(daily_quota: int | None) -> int | None:
     if daily_quota is None:
         return None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, text
 
 from edm.db import queries as q
 
@@ -78,6 +78,16 @@ def show_task(engine: Engine, task_id: int) -> TaskView:
 def list_tasks(engine: Engine) -> list[TaskView]:
     with engine.connect() as conn:
         rows = conn.execute(q.query(q.TASK_ROWS, engine.dialect.name)).all()
+        return [_view(conn, row, details=False) for row in rows]
+
+
+def newest_tasks(engine: Engine, before: int, limit: int) -> list[TaskView]:
+    """Tasks with an id below `before`, newest first: a page of the console's task list."""
+    page = text(
+        f"SELECT {q._TASK_COLUMNS} FROM tasks WHERE id < :before ORDER BY id DESC LIMIT :limit"
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(page, {"before": before, "limit": limit}).all()
         return [_view(conn, row, details=False) for row in rows]
 
 

@@ -9,12 +9,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
+from edm import console
 from edm.api import errors, health, metrics, unsubscribe, webhooks
 from edm.api.dependencies import InstallationSecrets
 from edm.api.resources import contacts, lists, report, services, tasks
 from edm.api.resources import events as event_resources
 from edm.config import Settings, get_settings
-from edm.console import pages as console
 from edm.events.intake import IntakeWriter
 from edm.events.processor import BatchProcessor
 from edm.health.checks import CachedChecks
@@ -70,7 +70,8 @@ def create_app(engine: Engine | None = None, settings: Settings | None = None) -
     app.include_router(services.router)
     app.include_router(event_resources.router)
     app.include_router(report.router)
-    app.include_router(console.router)
+    for router in console.routers():
+        app.include_router(router)
     app.mount(console.STATIC_PATH, console.static_files(), name="console-static")
     return app
 

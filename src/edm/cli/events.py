@@ -64,13 +64,10 @@ def events_reprocess(
     ] = None,
 ) -> None:
     """Match and apply events again: after a fix, or once the sub-task they name exists."""
-    from edm.events.pipeline import reprocess
-    from edm.events.views import reprocessable_ids
+    from edm.events.views import reprocess_events
 
     if not status and not event_id:
         raise ValueError("name the events: --status STATUS or --id ID")
-    db = engine()
-    ids = list(event_id or []) + (reprocessable_ids(db, status) if status else [])
-    counts = reprocess(db, ids)
+    count, counts = reprocess_events(engine(), list(event_id or []), status)
     summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "nothing to do"
-    out.print(f"reprocessed {len(ids)} events: {summary}")
+    out.print(f"reprocessed {count} events: {summary}")

@@ -180,21 +180,29 @@ def same(expected: str, given: str) -> bool:
 
 
 async def form(request: Request) -> dict[str, str]:
-    """The fields of a urlencoded form (first value each). Read by hand: the multipart
-    parser FastAPI's `Form` needs is not a dependency, and our forms are never files."""
+    """The fields of a small urlencoded form (first value each): sign-in, buttons."""
+    values = await form_values(request)
+    return {name: given[0] for name, given in values.items()}
+
+
+async def form_values(
+    request: Request, max_bytes: int = MAX_FORM_BYTES, max_fields: int = MAX_FORM_FIELDS
+) -> dict[str, list[str]]:
+    """Every value of each field of a urlencoded form; {} for anything else or anything
+    larger. Read by hand: the multipart parser FastAPI's `Form` needs is not a
+    dependency, and our forms carry no files (a CSV upload is a request body of its own)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/x-www-form-urlencoded":
         return {}
     body = b""
     async for chunk in request.stream():
         body += chunk
-        if len(body) > MAX_FORM_BYTES:
+        if len(body) > max_bytes:
             return {}
     try:
-        fields = parse_qs(body.decode(), keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS)
+        return parse_qs(body.decode(), keep_blank_values=True, max_num_fields=max_fields)
     except (UnicodeDecodeError, ValueError):
         return {}
-    return {name: values[0] for name, values in fields.items()}
 
 
 def safe_next(value: str | None) -> str:

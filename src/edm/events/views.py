@@ -65,3 +65,12 @@ def reprocessable_ids(engine: Engine, status: str, limit: int = 10_000) -> list[
             query(eq.EVENT_IDS_BY_STATUS, engine.dialect.name), {"status": status, "limit": limit}
         )
         return list(result.scalars())
+
+
+def reprocess_events(engine: Engine, ids: list[int], status: str | None) -> tuple[int, dict]:
+    """What `edm events reprocess` does: the events named by id and those in `status`, an
+    id named twice reprocessed once; how many, and what became of them."""
+    from edm.events import pipeline
+
+    named = list(dict.fromkeys(ids + (reprocessable_ids(engine, status) if status else [])))
+    return len(named), pipeline.reprocess(engine, named)

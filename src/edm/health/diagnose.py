@@ -235,6 +235,14 @@ def _services(
     return [_service_report(row, now, sent.get(row.id, 0), pinned.get(row.id, 0)) for row in rows]
 
 
+def service_reports(engine: Engine, settings: Settings) -> list[ServiceReport]:
+    """Every service as `edm diagnose` shows it (live workers, configured against measured
+    pace, quota left and its reset, why frozen, last error), by the database's clock."""
+    with engine.connect() as conn:
+        now = float(conn.execute(q.query(q.SELECT_NOW, conn.dialect.name)).scalar_one())
+        return _services(conn, settings, now, [])
+
+
 def _counts_by_service(conn: Connection, sql: dict[str, str], task_ids: list[int]) -> dict:
     if not task_ids:
         return {}

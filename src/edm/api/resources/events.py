@@ -21,7 +21,7 @@ from edm.api.access import Caller
 from edm.api.errors import ApiError, ErrorBody
 from edm.api.pages import Cursor, Limit, Page, after_id, next_cursor
 from edm.api.resources.services import json_number
-from edm.events import pipeline, views
+from edm.events import views
 from edm.validation import ID_MAX
 
 router = APIRouter(prefix="/api", tags=["events"])
@@ -91,8 +91,8 @@ def event_page(
 
 def reprocess(engine: Engine, ids: list[int], status: str | None) -> ReprocessOut:
     """What `edm events reprocess` does; an id named twice is reprocessed once."""
-    named = list(dict.fromkeys(ids + (views.reprocessable_ids(engine, status) if status else [])))
-    return ReprocessOut(reprocessed=len(named), statuses=pipeline.reprocess(engine, named))
+    count, statuses = views.reprocess_events(engine, ids, status)
+    return ReprocessOut(reprocessed=count, statuses=statuses)
 
 
 @router.get("/events", response_model=Page[EventOut], responses=ERRORS)

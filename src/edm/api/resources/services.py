@@ -169,21 +169,13 @@ def is_secret(key: str) -> bool:
     return any(word in key.lower() for word in SECRET_WORDS)
 
 
-# Options naming a path on the server's disk (the sandbox's outbox): set from the command
-# line only, so an API token cannot make the server write where it likes.
-LOCAL_ONLY_OPTIONS = ("outbox",)
-
-
 def kept_secrets(given: dict[str, str], stored: dict[str, str]) -> dict[str, str]:
     """`given` without the secrets sent back as `***`: the stored values stay."""
     for key in given:
-        if key in LOCAL_ONLY_OPTIONS:
-            raise ApiError(
-                400,
-                "invalid_input",
-                f"option {key} names a file on the server: set it with `edm service`",
-                f"options.{key}",
-            )
+        try:
+            services_mod.check_remote_options({key: given[key]})
+        except services_mod.ServiceInputError as exc:
+            raise ApiError(400, "invalid_input", str(exc), f"options.{key}") from None
     for key, value in given.items():
         if value == MASK and is_secret(key) and key not in stored:
             raise ApiError(
