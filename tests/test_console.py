@@ -197,7 +197,7 @@ def test_a_database_outage_is_a_page(
     def down(*_: object, **__: object) -> None:
         raise OperationalError("SELECT 1", {}, Exception("connection refused"))
 
-    monkeypatch.setattr(pages, "list_services", down)
+    monkeypatch.setattr(pages, "service_reports", down)
     answer = browser.get("/")
     assert answer.status_code == 503 and "text/html" in answer.headers["content-type"]
     assert "Database unavailable" in answer.text

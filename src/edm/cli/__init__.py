@@ -27,6 +27,7 @@ from edm.cli import (
     services,
     tasks,
     tokens,
+    users,
 )
 
 app = typer.Typer(
@@ -42,6 +43,7 @@ app.add_typer(events.app, name="events")
 app.add_typer(lists.app, name="list")
 app.add_typer(audience.app, name="audience")
 app.add_typer(tokens.app, name="token")
+app.add_typer(users.app, name="user")
 app.command("worker")(run.worker)
 app.command("demo")(run.demo)
 app.command("serve")(serve.serve)

@@ -18,6 +18,12 @@ __all__ = ["STATIC_PATH", "routers", "static_files"]
 
 def routers() -> list[APIRouter]:
     """Every console router; imported here, late, so the console's pages load with the app."""
-    from edm.console import event_pages, pages, service_pages, task_pages
+    from edm.console import audience_pages, event_pages, pages, service_pages, task_pages
 
-    return [pages.router, task_pages.router, service_pages.router, event_pages.router]
+    return [
+        pages.router,
+        task_pages.router,
+        service_pages.router,
+        audience_pages.router,
+        event_pages.router,
+    ]

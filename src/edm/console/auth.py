@@ -1,7 +1,10 @@
-"""Console sessions: a signed cookie made from an API token, and CSRF for every form.
+"""Console sessions: a signed cookie made from an API token or a user's password, and
+CSRF for every form.
 
 The cookie holds the token's SHA-256, never the token: a stolen cookie dies with the
 token (`edm token revoke`) or after 12 h, and never gives the bearer token for the API.
+A user's cookie holds the name and a stamp of the password's hash (`edm.users`): it dies
+with a new password, a new role or the user's deletion.
 It is signed with HMAC-SHA256 under a key derived from the installation's signing key,
 so every instance on one database accepts it and it is never valid as an unsubscribe
 token (or anything else that key signs). Each request checks the token is still live.
@@ -28,6 +31,7 @@ from sqlalchemy import Engine, select
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from edm import users
 from edm.api_tokens import digest, role_of
 from edm.db.models import ApiToken
 
@@ -41,7 +45,7 @@ MAX_FORM_FIELDS = 20
 
 @dataclass(frozen=True)
 class Session:
-    token_name: str
+    who: str  # "token NAME" or "user NAME"
     role: str  # admin | read: as the database says now
     csrf: str
     expires_at: float
@@ -102,10 +106,16 @@ def _set_cookie(response: Response, request: Request, name: str, value: str, age
 
 
 # -- sessions -----------------------------------------------------------------------------
-def check_token(engine: Engine, token: str) -> tuple[str, str] | None:
-    """(token_hash, role) of a live token, its use noted; None for an unknown or revoked one."""
+def check_token(engine: Engine, token: str) -> dict[str, str] | None:
+    """What a session keeps of a live token, its use noted; None for an unknown or revoked one."""
     role = role_of(engine, token)
-    return None if role is None else (digest(token), role)
+    return None if role is None else {"token_hash": digest(token)}
+
+
+def check_password(engine: Engine, name: str, password: str) -> dict[str, str] | None:
+    """What a session keeps of a user whose password this is; None otherwise."""
+    signed_in = users.sign_in(engine, name, password)
+    return None if signed_in is None else {"user": signed_in.name, "stamp": signed_in.stamp}
 
 
 def _live_token(engine: Engine, token_hash: str) -> tuple[str, str] | None:
@@ -121,26 +131,40 @@ def _live_token(engine: Engine, token_hash: str) -> tuple[str, str] | None:
 async def session_data(request: Request) -> dict[str, Any] | None:
     """The signed content of this request's session cookie, without asking the database."""
     data = unsign(await signing_key(request), "session", request.cookies.get(SESSION_COOKIE))
-    if data is None or not isinstance(data.get("token_hash"), str):
+    if data is None:
         return None
-    return data
+    if isinstance(data.get("token_hash"), str):
+        return data
+    if isinstance(data.get("user"), str) and isinstance(data.get("stamp"), str):
+        return data
+    return None
+
+
+def _holder(engine: Engine, data: dict[str, Any]) -> tuple[str, str] | None:
+    """(who, role) of a session's token or user, as the database says now."""
+    if "token_hash" in data:
+        token = _live_token(engine, data["token_hash"])
+        return None if token is None else (f"token {token[0]}", token[1])
+    role = users.still_signed_in(engine, data["user"], data["stamp"])
+    return None if role is None else (f"user {data['user']}", role)
 
 
 async def current_session(request: Request) -> Session | None:
-    """The session of this request, None without a valid cookie or with a revoked token."""
+    """The session of this request, None without a valid cookie, with a revoked token or
+    for a user whose password or role changed."""
     data = await session_data(request)
     if data is None:
         return None
-    token = await run_in_threadpool(_live_token, request.app.state.engine, data["token_hash"])
-    if token is None:
+    holder = await run_in_threadpool(_holder, request.app.state.engine, data)
+    if holder is None:
         return None
-    return Session(token[0], token[1], str(data.get("csrf", "")), float(data["exp"]))
+    return Session(holder[0], holder[1], str(data.get("csrf", "")), float(data["exp"]))
 
 
-async def start_session(request: Request, response: Response, token_hash: str, role: str) -> None:
+async def start_session(request: Request, response: Response, holder: dict[str, str]) -> None:
+    """A session for `holder`: {"token_hash": ...} or {"user": ..., "stamp": ...}."""
     data = {
-        "token_hash": token_hash,
-        "role": role,
+        **holder,
         "exp": int(time.time()) + SESSION_SECONDS,
         "csrf": secrets.token_urlsafe(32),
     }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -11,12 +11,13 @@ from sqlalchemy import Engine, select
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from edm import task_views
+from edm import forecast, task_views
+from edm.config import Settings
 from edm.console import auth
 from edm.console.view import console_router, error_page, page, render
 from edm.db.models import ACTIVE_SUBTASK_STATUSES, SUBTASK_STATUSES, Task
+from edm.health.diagnose import service_reports
 from edm.health.repair import history
-from edm.services import list_services
 
 router = console_router()
 REPAIRS_SHOWN = 20
@@ -32,13 +33,14 @@ class RunningTask:
     counts: list[tuple[str, int]]  # in lifecycle order
     total: int
     done: int  # no longer pending, allocated, sending or unknown
+    eta: str | None = None  # when it ends and what cuts it (edm.forecast)
 
     @property
     def percent(self) -> int:
         return 100 * self.done // self.total if self.total else 0  # 100 only when done
 
 
-def running_tasks(engine: Engine) -> list[RunningTask]:
+def running_tasks(engine: Engine, settings: Settings) -> list[RunningTask]:
     """Running tasks only: every 5 s per open tab, so the history of finished tasks is
     never counted again (as `task_views.list_tasks` would)."""
     tasks = []
@@ -54,14 +56,22 @@ def running_tasks(engine: Engine) -> list[RunningTask]:
             left = sum(counts.get(status, 0) for status in ACTIVE_SUBTASK_STATUSES)
             shown = [(status, counts[status]) for status in SUBTASK_STATUSES if counts.get(status)]
             tasks.append(RunningTask(*row, counts=shown, total=total, done=total - left))
-    return tasks
+    return [replace(task, eta=_eta(engine, settings, task.id)) for task in tasks]
+
+
+def _eta(engine: Engine, settings: Settings, task_id: int) -> str | None:
+    try:
+        eta = forecast.task_eta(engine, task_id, settings=settings)
+    except task_views.TaskNotFound:  # deleted meanwhile
+        return None
+    return "; ".join(eta.notes) if eta.notes else eta.reason
 
 
 def _dashboard(app: FastAPI) -> dict[str, Any]:
     engine, settings = app.state.engine, app.state.settings
     return {
-        "tasks": running_tasks(engine),
-        "services": list_services(engine, heartbeat_max_age=settings.health_heartbeat_seconds),
+        "tasks": running_tasks(engine, settings),
+        "services": service_reports(engine, settings),
     }
 
 
@@ -97,12 +107,20 @@ async def login(request: Request) -> Response:
     target = auth.safe_next(fields.get("next"))
     if not await auth.login_csrf_ok(request, fields.get("csrf", "")):
         return await _login_form(request, target, "This form expired: sign in again.")
-    token = fields.get("token", "").strip()
-    checked = await run_in_threadpool(auth.check_token, request.app.state.engine, token)
-    if not token or checked is None:
-        return await _login_form(request, target, "Unknown or revoked token.")
+    engine = request.app.state.engine
+    token, user = fields.get("token", "").strip(), fields.get("user", "").strip()
+    if user:
+        holder = await run_in_threadpool(
+            auth.check_password, engine, user, fields.get("password", "")
+        )
+        refused = "Unknown user or wrong password."
+    else:
+        holder = await run_in_threadpool(auth.check_token, engine, token) if token else None
+        refused = "Unknown or revoked token."
+    if holder is None:
+        return await _login_form(request, target, refused)
     response = RedirectResponse(target, status_code=303)
-    await auth.start_session(request, response, *checked)
+    await auth.start_session(request, response, holder)
     return response
 
 

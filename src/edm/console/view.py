@@ -170,14 +170,27 @@ class Submitted:
 async def admin_form(
     request: Request, max_bytes: int = auth.MAX_FORM_BYTES, max_fields: int = auth.MAX_FORM_FIELDS
 ) -> Submitted | Response:
-    """The form, or the answer to give instead: sign in first; 403 for a form that did not
-    come from one of our pages (CSRF) or for a read token, which can look but not change."""
+    """The form, or the answer to give instead (see `check_admin`)."""
     session = await auth.current_session(request)
     if session is None:
         return to_login(request)
     values = await auth.form_values(request, max_bytes, max_fields)
-    given = values.get("csrf", [""])[0]
-    if not auth.same(session.csrf, given):
+    refused = _refusal(session, values.get("csrf", [""])[0])
+    return refused if refused is not None else Submitted(session, values)
+
+
+async def check_admin(request: Request, csrf: str) -> Response | None:
+    """None when an admin's session sent this with its CSRF value; else the answer: sign
+    in first; 403 for a request that did not come from one of our pages or for a read
+    token, which can look but not change."""
+    session = await auth.current_session(request)
+    if session is None:
+        return to_login(request)
+    return _refusal(session, csrf)
+
+
+def _refusal(session: auth.Session, csrf: str) -> Response | None:
+    if not auth.same(session.csrf, csrf):
         return error_page(
             403, "Forbidden", "This form did not come from this console: reload the page."
         )
@@ -185,7 +198,7 @@ async def admin_form(
         return error_page(
             403, "Forbidden", "A read token can look but not change: sign in with an admin token."
         )
-    return Submitted(session, values)
+    return None
 
 
 # -- one message after a redirect ---------------------------------------------------------

@@ -4,7 +4,6 @@ on the same domain modules as `edm contacts`."""
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,6 +16,7 @@ from edm.api.access import Caller
 from edm.api.errors import ApiError
 from edm.api.pages import Cursor, Limit, Page, after_id, next_cursor
 from edm.api.resources.lists import ERRORS
+from edm.api.transfer import UploadTooLarge, csv_download, spool_upload
 from edm.audience.lists import ListNotFound
 from edm.contacts import manage
 from edm.db.models import CONTACT_STATUSES
@@ -153,28 +153,15 @@ async def export_contacts(
 ) -> StreamingResponse:
     """Every chosen contact as CSV that `edm contacts import` reads back, streamed from a
     file spooled on disk: memory stays flat however many contacts."""
-    spool = tempfile.TemporaryFile("w+", encoding="utf-8", newline="")  # noqa: SIM115 - _chunks closes it
     try:
-        await run_in_threadpool(
-            lambda: manage.export_contacts(
-                request.app.state.engine, spool, list_name=list_name, status=status
-            )
+        return await csv_download(
+            lambda out: manage.export_contacts(
+                request.app.state.engine, out, list_name=list_name, status=status
+            ),
+            "contacts.csv",
         )
     except ValueError as exc:
-        spool.close()
         raise _refused(exc, "list") from None
-    spool.seek(0)
-    return StreamingResponse(
-        _chunks(spool),
-        media_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": 'attachment; filename="contacts.csv"'},
-    )
-
-
-def _chunks(spool: Any) -> Iterator[str]:
-    with spool:
-        while chunk := spool.read(64 * 1024):
-            yield chunk
 
 
 @router.post(
@@ -198,13 +185,10 @@ async def import_contacts(
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "upload.csv"
-        size = 0
-        with path.open("wb") as upload:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > MAX_UPLOAD_BYTES:
-                    raise ApiError(413, "too_large", f"the file is over {MAX_UPLOAD_BYTES} bytes")
-                upload.write(chunk)
+        try:
+            await spool_upload(request, path, MAX_UPLOAD_BYTES)
+        except UploadTooLarge as exc:
+            raise ApiError(413, "too_large", str(exc)) from None
         rejections: list[RejectionOut] = []
         options = ImportOptions(
             overwrite_empty=overwrite_empty,
