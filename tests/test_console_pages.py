@@ -441,3 +441,21 @@ def test_signing_in_with_a_user_password(db: Engine, browser: httpx.Client) -> N
     # A new role or password ends the sessions made before it.
     users.set_role(db, "alice", "read")
     assert browser.get("/").status_code == 303
+
+
+def test_the_report_page(db: Engine, browser: httpx.Client) -> None:
+    task_id = running_task(db, "autumn", emails=4, sent=2)
+    with db.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE sub_tasks SET sent_at = :now, delivered_at = :now,"
+                " service_id = (SELECT min(id) FROM services) WHERE status = 'sent'"
+            ),
+            {"now": time.time() - 60},
+        )
+    admin(db, browser, "read")
+    page = browser.get("/console/report", params={"since": "1h"})
+    assert page.status_code == 200
+    assert f'href="/console/tasks/{task_id}">task {task_id} autumn' in page.text
+    assert re.search(r"<td>task \d+ autumn</td>\s*<td>2</td>\s*<td>100.0%</td>", page.text)
+    assert 'class="current">1h' in page.text

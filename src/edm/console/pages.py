@@ -18,6 +18,7 @@ from edm.console.view import console_router, error_page, page, render
 from edm.db.models import ACTIVE_SUBTASK_STATUSES, SUBTASK_STATUSES, Task
 from edm.health.diagnose import service_reports
 from edm.health.repair import history
+from edm.report import report
 
 router = console_router()
 REPAIRS_SHOWN = 20
@@ -79,6 +80,9 @@ def _health_page(app: FastAPI) -> dict[str, Any]:
     return {"repairs": history(app.state.engine, REPAIRS_SHOWN)}
 
 
+REPORT_WINDOWS = {"1h": 3600.0, "24h": 86_400.0, "7d": 7 * 86_400.0, "30d": 30 * 86_400.0}
+
+
 # -- routes -------------------------------------------------------------------------------
 @router.get("/", response_class=HTMLResponse)
 async def dashboard(request: Request) -> Response:
@@ -94,6 +98,21 @@ async def dashboard_fragment(request: Request) -> Response:
 @router.get("/console/health", response_class=HTMLResponse)
 async def health_page(request: Request) -> Response:
     return await page(request, "health.html", _health_page, title="Health")
+
+
+@router.get("/console/report", response_class=HTMLResponse)
+async def report_page(request: Request) -> Response:
+    """`edm report` as a page: by service and by task over a window."""
+    since = request.query_params.get("since", "24h")
+    since = since if since in REPORT_WINDOWS else "24h"
+
+    def load(app: FastAPI) -> dict[str, Any]:
+        found = report(app.state.engine, REPORT_WINDOWS[since])
+        return {"report": found, "lines": [*found.services, found.total]}
+
+    return await page(
+        request, "report.html", load, title="Report", since=since, windows=list(REPORT_WINDOWS)
+    )
 
 
 @router.get("/login", response_class=HTMLResponse)
