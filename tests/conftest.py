@@ -94,3 +94,17 @@ def db(
     engine = module_engine(request, tmp_path_factory)
     yield engine
     engine.dispose()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Where the browser tests wrote their screenshots (tests/test_browser.py), also when
+    they ran in another process (pytest-xdist)."""
+    folders = {
+        value
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        for name, value in getattr(report, "user_properties", ())
+        if name == "screenshots"
+    }
+    for folder in sorted(folders):
+        terminalreporter.write_line(f"browser screenshots: {folder}")

@@ -124,6 +124,9 @@ def test_static_files_and_escaping(db: Engine, browser: httpx.Client) -> None:
     assert "htmx" in script.text[:200]
     css = browser.get("/console/static/console.css")
     assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+    # Linked from every page: without it a browser asks for /favicon.ico, a 404.
+    icon = browser.get("/console/static/favicon.svg")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml"
 
     running_task(db, "<script>alert(1)</script>")
     sign_in(browser, create_token(db, "ops", "admin"))
