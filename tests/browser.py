@@ -96,11 +96,16 @@ class Server:
                 self.process.wait()
 
 
-def edm_cli(env: dict[str, str], *args: str) -> str:
+def edm_cli(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
     """`python -m edm ARGS` in a process of its own, as an operator types it: its stdout.
     Anything but exit 0 fails the test."""
     done = subprocess.run(
-        [sys.executable, "-m", "edm", *args], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "edm", *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, f"edm {' '.join(args)}: exit {done.returncode}\n{done.stderr}"
     return done.stdout
@@ -192,8 +197,8 @@ class Console:
         self.page.screenshot(path=path, full_page=True)
         return path
 
-    def edm(self, *args: str) -> str:
-        return edm_cli(self.env, *args)
+    def edm(self, *args: str, stdin: str | None = None) -> str:
+        return edm_cli(self.env, *args, stdin=stdin)
 
     def start_worker(self) -> Worker:
         worker = Worker(self.env, self.log_dir)
