@@ -62,6 +62,32 @@ def test_an_upload_imports_good_rows_and_lists_the_bad_ones(
     page = client.get("/api/contacts", params={"list": "spring"}, headers=admin).json()
     assert [c["email"] for c in page["items"]] == ["ann@example.com", "bob@example.com"]
 
+    # Latin-1 bytes read as UTF-8: the answer says how to name the encoding here.
+    latin = "email,name\nzoe@example.com,Zoé\n".encode("latin-1")
+    wrong = client.post(
+        "/api/contacts/import",
+        content=latin,
+        headers={**admin, "Content-Type": "text/csv"},
+    )
+    error = wrong.json()["error"]
+    assert wrong.status_code == 400 and error["field"] == "encoding"
+    assert "`encoding` parameter" in error["message"] and "--encoding" not in error["message"]
+    right = client.post(
+        "/api/contacts/import",
+        content=latin,
+        params={"encoding": "latin-1"},
+        headers={**admin, "Content-Type": "text/csv"},
+    )
+    assert right.status_code == 200 and right.json()["new"] == 1
+    assert client.get("/api/contacts/zoe@example.com", headers=admin).json()["name"] == "Zoé"
+    bad_json = client.post(
+        "/api/contacts",
+        content=b'{"email": ',
+        headers={**admin, "Content-Type": "application/json"},
+    )
+    assert bad_json.status_code == 400 and bad_json.json()["error"]["field"] == "body"
+    assert "not JSON" in bad_json.json()["error"]["message"]
+
 
 def test_contacts_are_added_changed_found_and_deleted(
     database: Engine, client: httpx.Client, admin: dict[str, str]

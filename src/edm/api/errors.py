@@ -93,6 +93,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _validation_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0] if exc.errors() else {}
+    if first.get("type") == "json_invalid":  # its loc is ("body", character position)
+        where = first.get("loc", ("body", "?"))[-1]
+        problem = first.get("ctx", {}).get("error", "invalid JSON")
+        return error_response(
+            400, "invalid_request", f"the body is not JSON: {problem} at character {where}", "body"
+        )
     field = ".".join(str(part) for part in first.get("loc", ())[1:]) or None
     return error_response(400, "invalid_request", str(first.get("msg", "invalid request")), field)
 

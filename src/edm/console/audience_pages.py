@@ -145,6 +145,7 @@ async def start_import(request: Request) -> Response:
     params = request.query_params
     file_name = params.get("file", "upload.csv")[:200]
     options = ImportOptions(
+        encoding=params.get("encoding", "")[:40] or "utf-8",
         overwrite_empty=params.get("overwrite_empty") == "on",
         allow_reactivate=params.get("allow_reactivate") == "on",
         list_name=params.get("list", "").strip() or None,

@@ -93,7 +93,8 @@ class ImportJobs:
             )
             job.phase = "done"
         except ValueError as exc:  # the file as a whole: nothing was imported
-            job.error, job.phase = f"{exc}; nothing imported", "failed"
+            said = str(exc).replace("with --encoding", "in the Encoding box")
+            job.error, job.phase = f"{said}; nothing imported", "failed"
         except Exception as exc:  # the database: nothing was imported either (one transaction)
             log.exception("import %s of %s failed", job.id, job.file_name)
             job.error, job.phase = (

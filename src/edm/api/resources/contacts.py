@@ -178,6 +178,9 @@ async def import_contacts(
     list_name: Annotated[str | None, Query(alias="list", max_length=200)] = None,
     overwrite_empty: bool = False,
     allow_reactivate: bool = False,
+    encoding: Annotated[
+        str, Query(max_length=40, description="the file's: utf-8, latin-1, cp1252, ...")
+    ] = "utf-8",
 ) -> ImportOut:
     """A CSV file as the body (as `edm contacts import` reads one): spooled to disk as it
     arrives, then imported in one transaction; bad rows are listed, the others imported."""
@@ -191,6 +194,7 @@ async def import_contacts(
             raise ApiError(413, "too_large", str(exc)) from None
         rejections: list[RejectionOut] = []
         options = ImportOptions(
+            encoding=encoding,
             overwrite_empty=overwrite_empty,
             allow_reactivate=allow_reactivate,
             list_name=list_name,
@@ -209,7 +213,9 @@ async def import_contacts(
                 lambda: import_csv(request.app.state.engine, path, options, on_reject=keep)
             )
         except ValueError as exc:
-            raise ApiError(400, "invalid_file", f"{exc}; nothing imported", "body") from None
+            message = str(exc).replace("--encoding", "the `encoding` parameter")
+            field = "encoding" if "encoding" in message else "body"
+            raise ApiError(400, "invalid_file", f"{message}; nothing imported", field) from None
     c = summary.counts
     return ImportOut(
         rows=summary.rows,
