@@ -79,6 +79,15 @@ def test_an_upload_imports_good_rows_and_lists_the_bad_ones(
         headers={**admin, "Content-Type": "text/csv"},
     )
     assert right.status_code == 200 and right.json()["new"] == 1
+    for codec in ("zlib", "rot13", "punycode", "a\x00b", "no-such-codec"):
+        refused = client.post(
+            "/api/contacts/import",
+            content=latin,
+            params={"encoding": codec},
+            headers={**admin, "Content-Type": "text/csv"},
+        )
+        assert refused.status_code == 400, (codec, refused.text)
+        assert refused.json()["error"]["field"] == "encoding"
     assert client.get("/api/contacts/zoe@example.com", headers=admin).json()["name"] == "Zoé"
     bad_json = client.post(
         "/api/contacts",

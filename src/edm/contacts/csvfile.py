@@ -108,13 +108,13 @@ def _usable_encoding(encoding: str) -> str:
     """The codec to read with; UTF-8 also accepts a byte-order mark (Excel writes one)."""
     try:
         name = codecs.lookup(encoding).name
-    except LookupError:
+    except (LookupError, ValueError):  # ValueError: a NUL in the name
         raise FileProblem(None, f"unknown encoding {cut(encoding)!r}") from None
     if name in ("utf-8", "utf-8-sig"):
         return "utf-8-sig"
     try:
         same = _ASCII_PROBE.decode(name) == _ASCII_PROBE.decode("ascii")
-    except UnicodeDecodeError:
+    except (UnicodeError, LookupError):  # LookupError: a codec of bytes, not text (hex, zlib)
         same = False
     if not same:
         raise FileProblem(None, f"encoding {name} is not supported: save the file as UTF-8")
