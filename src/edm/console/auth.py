@@ -93,7 +93,7 @@ async def signing_key(request: Request) -> str:
     return await run_in_threadpool(request.app.state.secrets.signing_key)
 
 
-def _set_cookie(response: Response, request: Request, name: str, value: str, age: int) -> None:
+def set_cookie(response: Response, request: Request, name: str, value: str, age: int) -> None:
     response.set_cookie(
         name,
         value,
@@ -169,7 +169,7 @@ async def start_session(request: Request, response: Response, holder: dict[str, 
         "csrf": secrets.token_urlsafe(32),
     }
     value = sign(await signing_key(request), "session", data)
-    _set_cookie(response, request, SESSION_COOKIE, value, SESSION_SECONDS)
+    set_cookie(response, request, SESSION_COOKIE, value, SESSION_SECONDS)
     response.delete_cookie(LOGIN_COOKIE, path="/")
 
 
@@ -189,7 +189,7 @@ async def login_csrf(request: Request) -> tuple[str, str | None]:
 
 
 def set_login_cookie(request: Request, response: Response, value: str) -> None:
-    _set_cookie(response, request, LOGIN_COOKIE, value, LOGIN_SECONDS)
+    set_cookie(response, request, LOGIN_COOKIE, value, LOGIN_SECONDS)
 
 
 async def login_csrf_ok(request: Request, given: str) -> bool:

@@ -218,15 +218,7 @@ async def redirect(request: Request, to: str, text: str, level: str = "ok") -> R
     response = RedirectResponse(to, status_code=303)
     data = {"level": level, "text": text[:500], "exp": int(time.time()) + FLASH_SECONDS}
     value = auth.sign(await auth.signing_key(request), "flash", data)
-    response.set_cookie(
-        FLASH_COOKIE,
-        value,
-        max_age=FLASH_SECONDS,
-        path="/",
-        httponly=True,
-        samesite="lax",
-        secure=request.url.scheme == "https",
-    )
+    auth.set_cookie(response, request, FLASH_COOKIE, value, FLASH_SECONDS)
     return response
 
 
