@@ -351,12 +351,12 @@ def test_a_database_error_is_one_line_and_imports_nothing(
 
     from edm.contacts import store
 
-    def broken(conn, contacts) -> None:  # type: ignore[no-untyped-def]
+    def broken(conn, now) -> None:  # type: ignore[no-untyped-def]
         raise OperationalError(
             "INSERT secret@example.com", {"email": "secret"}, Exception("disk full")
         )
 
-    monkeypatch.setattr(store, "insert_contacts", broken)
+    monkeypatch.setattr(store, "insert_new", broken)
     before = contacts(engine)
     code, out, err = imported(tmp_path, "email,name\nsecret@example.com,S\nann@example.com,Ann B\n")
     assert code == 1
@@ -382,35 +382,53 @@ def test_reactivate_command(ann: None, engine: Engine, tmp_path: Path) -> None:
     assert contacts(engine)["ann@example.com"][2:] == ("active", None)
 
 
+@pytest.mark.parametrize("twice", [False, True], ids=["named-once", "named-twice"])
 def test_a_contact_added_meanwhile_is_merged_not_duplicated(
-    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, twice: bool
 ) -> None:
-    """PostgreSQL only: on SQLite the import holds the write lock, so nothing can race it."""
+    """PostgreSQL only: on SQLite the import holds the write lock, so nothing can race it.
+    Another transaction adds the address after the import looked for it: in the set-based
+    merge (an address named once) and in the merge in file order (named twice)."""
     from sqlalchemy import text
 
     from edm.contacts import import_csv, store
     from edm.db import open_database
 
     engine = open_database(pg_url)
-    lock = store.lock_contacts
+    raced: list[bool] = []
+
+    def race() -> None:
+        """Once: a second insert of the address would wait for the import's lock on it."""
+        if raced:
+            return
+        raced.append(True)
+        with engine.begin() as other:
+            other.execute(
+                text(
+                    "INSERT INTO contacts (email, name, fields, status, created_at,"
+                    " updated_at) VALUES ('race@example.com', 'Other', '{\"team\": \"x\"}',"
+                    " 'active', 0, 0)"
+                )
+            )
+
+    insert_new, lock = store.insert_new, store.lock_contacts
+
+    def race_then_insert(conn, now):  # type: ignore[no-untyped-def]
+        race()
+        return insert_new(conn, now)
 
     def lock_then_race(conn, emails):  # type: ignore[no-untyped-def]
         found = lock(conn, emails)
-        if "race@example.com" not in found:
-            with engine.begin() as other:
-                other.execute(
-                    text(
-                        "INSERT INTO contacts (email, name, fields, status, created_at,"
-                        " updated_at) VALUES ('race@example.com', 'Other', '{\"team\": \"x\"}',"
-                        " 'active', 0, 0)"
-                    )
-                )
+        race()
         return found
 
+    monkeypatch.setattr(store, "insert_new", race_then_insert)
     monkeypatch.setattr(store, "lock_contacts", lock_then_race)
-    path = write(tmp_path / "c.csv", "email,name,city\nrace@example.com,Racer,Oslo\n")
+    rows = "race@example.com,Racer,Oslo\n" * (2 if twice else 1)
+    path = write(tmp_path / "c.csv", "email,name,city\n" + rows)
     summary = import_csv(engine, path)
     assert (summary.counts.new, summary.counts.updated) == (0, 1)
+    assert summary.counts.duplicated == (1 if twice else 0)
     assert contacts(engine) == {
         "race@example.com": ("Racer", {"team": "x", "city": "Oslo"}, "active", None)
     }
