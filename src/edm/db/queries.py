@@ -458,10 +458,16 @@ TASK_SHOWN_STATES = both(f"""
 TASK_SENT_BY_SERVICE = both("""
     SELECT service_id, count(*) AS n FROM sub_tasks
     WHERE task_id = :task_id AND status = 'sent' GROUP BY service_id""")
-TASK_SENT_PER_MINUTE = both("""
-    SELECT CAST(sent_at / 60 AS INTEGER) * 60 AS minute, count(*) AS n FROM sub_tasks
+# The minute is cut down (PostgreSQL's CAST rounds; SQLite's cuts, and has no floor()
+# unless built with its maths functions).
+_MINUTE = {"postgresql": "floor(sent_at / 60) * 60", "sqlite": "CAST(sent_at / 60 AS INTEGER) * 60"}
+TASK_SENT_PER_MINUTE = {
+    dialect: f"""
+    SELECT {minute} AS minute, count(*) AS n FROM sub_tasks
     WHERE task_id = :task_id AND status = 'sent' AND sent_at >= :since
-    GROUP BY CAST(sent_at / 60 AS INTEGER) ORDER BY 1""")
+    GROUP BY {minute} ORDER BY 1"""
+    for dialect, minute in _MINUTE.items()
+}
 
 TASK_FAILURE_REASONS = both("""
     SELECT status, error_class, last_error, count(*) AS n FROM sub_tasks
