@@ -351,12 +351,12 @@ def test_a_database_error_is_one_line_and_imports_nothing(
 
     from edm.contacts import store
 
-    def broken(conn, contacts) -> None:  # type: ignore[no-untyped-def]
+    def broken(conn, now) -> None:  # type: ignore[no-untyped-def]
         raise OperationalError(
             "INSERT secret@example.com", {"email": "secret"}, Exception("disk full")
         )
 
-    monkeypatch.setattr(store, "insert_contacts", broken)
+    monkeypatch.setattr(store, "insert_new", broken)
     before = contacts(engine)
     code, out, err = imported(tmp_path, "email,name\nsecret@example.com,S\nann@example.com,Ann B\n")
     assert code == 1
@@ -382,36 +382,141 @@ def test_reactivate_command(ann: None, engine: Engine, tmp_path: Path) -> None:
     assert contacts(engine)["ann@example.com"][2:] == ("active", None)
 
 
+@pytest.mark.parametrize("twice", [False, True], ids=["named-once", "named-twice"])
 def test_a_contact_added_meanwhile_is_merged_not_duplicated(
-    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, twice: bool
 ) -> None:
-    """PostgreSQL only: on SQLite the import holds the write lock, so nothing can race it."""
+    """PostgreSQL only: on SQLite the import holds the write lock, so nothing can race it.
+    Another transaction adds the address after the import looked for it: in the set-based
+    merge (an address named once) and in the merge in file order (named twice)."""
     from sqlalchemy import text
 
     from edm.contacts import import_csv, store
     from edm.db import open_database
 
     engine = open_database(pg_url)
-    lock = store.lock_contacts
+    raced: list[bool] = []
+
+    def race() -> None:
+        """Once: a second insert of the address would wait for the import's lock on it."""
+        if raced:
+            return
+        raced.append(True)
+        with engine.begin() as other:
+            other.execute(
+                text(
+                    "INSERT INTO contacts (email, name, fields, status, created_at,"
+                    " updated_at) VALUES ('race@example.com', 'Other', '{\"team\": \"x\"}',"
+                    " 'active', 0, 0)"
+                )
+            )
+
+    insert_new, lock = store.insert_new, store.lock_contacts
+
+    def race_then_insert(conn, now):  # type: ignore[no-untyped-def]
+        race()
+        return insert_new(conn, now)
 
     def lock_then_race(conn, emails):  # type: ignore[no-untyped-def]
         found = lock(conn, emails)
-        if "race@example.com" not in found:
-            with engine.begin() as other:
-                other.execute(
-                    text(
-                        "INSERT INTO contacts (email, name, fields, status, created_at,"
-                        " updated_at) VALUES ('race@example.com', 'Other', '{\"team\": \"x\"}',"
-                        " 'active', 0, 0)"
-                    )
-                )
+        race()
         return found
 
+    monkeypatch.setattr(store, "insert_new", race_then_insert)
     monkeypatch.setattr(store, "lock_contacts", lock_then_race)
-    path = write(tmp_path / "c.csv", "email,name,city\nrace@example.com,Racer,Oslo\n")
+    rows = "race@example.com,Racer,Oslo\n" * (2 if twice else 1)
+    path = write(tmp_path / "c.csv", "email,name,city\n" + rows)
     summary = import_csv(engine, path)
     assert (summary.counts.new, summary.counts.updated) == (0, 1)
+    assert summary.counts.duplicated == (1 if twice else 0)
     assert contacts(engine) == {
         "race@example.com": ("Racer", {"team": "x", "city": "Oslo"}, "active", None)
     }
     engine.dispose()
+
+
+# -- the staged merge against the rules applied row by row -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overwrite_empty", "allow_reactivate"), [(False, False), (True, False), (False, True)]
+)
+def test_staged_merge_gives_what_the_rules_give_row_by_row(
+    env: dict[str, str],
+    engine: Engine,
+    tmp_path: Path,
+    overwrite_empty: bool,
+    allow_reactivate: bool,
+) -> None:
+    """A file of addresses named once and many times (case variants), bad lines, empty
+    cells and statuses, onto existing contacts some of which are suppressed: the contacts,
+    the counts and the list are those of `merge` folded over the good rows in file order."""
+    import random
+
+    from edm.contacts import ImportOptions, import_csv
+    from edm.contacts.csvfile import open_csv
+    from edm.contacts.merge import ContactState, MergeRules, merge
+    from edm.contacts.rows import ContactRow, Layout, parse_row
+    from edm.contacts.writer import plan_chunk
+    from edm.db.models import ContactList, ListMember
+
+    seed = random.randrange(1 << 30)
+    print(f"seed {seed}")
+    rng = random.Random(seed)
+    statuses = ["", "", "", "active", "bounced", "unsubscribed", "Active"]
+    existing = ["email,name,city,plan,status"] + [
+        f"p{i}@example.com,P {i},{rng.choice(['Oslo', ''])},gold,{rng.choice(statuses)}"
+        for i in range(0, 120, 2)
+    ]
+    first = import_csv(engine, write(tmp_path / "first.csv", "\n".join(existing) + "\n"))
+    assert first.rejected == 0
+    before = contacts(engine)
+
+    lines = ["email,name,city,status,team"]
+    for _ in range(600):
+        i = rng.randrange(150) if rng.random() < 0.7 else rng.randrange(150, 1000)
+        email = f"p{i}@example.com"
+        email = email.upper() if rng.random() < 0.2 else email
+        if rng.random() < 0.03:
+            lines.append(f"not-an-address-{i},X,,,")
+            continue
+        if rng.random() < 0.02:
+            lines.append(f"{email},too,many,fields,here,really")
+            continue
+        name = rng.choice(["", "Ann", "Bob", f"N{i}"])
+        city = rng.choice(["", "Rome", "Oslo"])
+        lines.append(f"{email},{name},{city},{rng.choice(statuses)},{rng.choice(['', 't1'])}")
+    path = write(tmp_path / "second.csv", "\n".join(lines) + "\n")
+    options = ImportOptions(
+        overwrite_empty=overwrite_empty, allow_reactivate=allow_reactivate, list_name="l"
+    )
+    summary = import_csv(engine, path, options)
+
+    rules = MergeRules(overwrite_empty, allow_reactivate)
+    source = open_csv(path)
+    layout = Layout.of(source.columns)
+    parsed = [parse_row(record, layout) for record in source.records()]
+    good = [row for row in parsed if isinstance(row, ContactRow)]
+    states = {
+        email: ContactState(email, name, dict(fields), status, reason, id=0)
+        for email, (name, fields, status, reason) in before.items()
+    }
+    for row in good:
+        states[row.email], _ = merge(states.get(row.email), row, rules)
+    expected = {s.email: (s.name, s.fields, s.status, s.status_reason) for s in states.values()}
+    current = {
+        email: ContactState(email, name, dict(fields), status, reason, id=0)
+        for email, (name, fields, status, reason) in before.items()
+    }
+    assert contacts(engine) == expected
+    assert summary.counts == plan_chunk(good, current, set(), rules).counts
+    assert summary.rows == len(parsed) and summary.rejected == len(parsed) - len(good)
+    assert summary.counts.duplicated > 0 and summary.counts.new > 0
+    with engine.connect() as conn:
+        members = conn.execute(
+            select(Contact.email)
+            .join(ListMember, ListMember.contact_id == Contact.id)
+            .join(ContactList, ContactList.id == ListMember.list_id)
+            .where(ContactList.name == "l")
+        )
+        assert set(members.scalars()) == {row.email for row in good}

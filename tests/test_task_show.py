@@ -97,3 +97,33 @@ def test_watch_follows_a_task_to_its_end(
     out, err = watcher.communicate(timeout=30)
     assert watcher.returncode == 0, err
     assert "completed" in out and "sent 20" in out
+
+
+def test_task_page_reads_sends_by_service_and_per_minute(engine: Engine) -> None:
+    from edm import task_views
+
+    one = services_mod.add_service(engine, "one", "sandbox", 0.0)
+    two = services_mod.add_service(engine, "two", "sandbox", 0.0)
+    make_contacts(engine, 6)
+    task_id = tasks_mod.create_task(engine, "t", "s", text_body="x")
+    minute = 60 * (int(time.time()) // 60 - 10)
+    with engine.begin() as conn:
+        for sub_task_id, service_id, sent_at in (
+            (1, one, minute + 1),
+            (2, one, minute + 59),
+            (3, two, minute + 61),
+            (4, two, minute - 3600),
+        ):
+            conn.execute(
+                text(
+                    "UPDATE sub_tasks SET status = 'sent', service_id = :service, sent_at = :at"
+                    " WHERE id = :id"
+                ),
+                {"service": service_id, "at": sent_at, "id": sub_task_id},
+            )
+        conn.execute(text("UPDATE sub_tasks SET status = 'failed', service_id = 1 WHERE id = 5"))
+        assert task_views.sent_by_service(conn, task_id) == {one: 2, two: 2}
+        assert task_views.sent_per_minute(conn, task_id, minute - 60) == [
+            (float(minute), 2),
+            (float(minute + 60), 1),
+        ]

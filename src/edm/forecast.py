@@ -302,7 +302,7 @@ class _Facts:
     services: list[ServiceReport]
     next_slots: dict[int, float]
     running: list[Row]  # every running task, in the claim's order
-    pools: dict[int, list[Row]]  # task id -> its rows left by status and service
+    pools: dict[int, list[_Pool]]  # task id -> its rows left by status and service
     listed: dict[int, set[int]]  # task id -> the services it lists
 
 
@@ -316,15 +316,40 @@ def _read(conn: Connection, settings: Settings, now: float | None, task_ids: lis
     }
     running = conn.execute(q.query(rq.RUNNING_TASKS, dialect)).all()
     ids = sorted({*task_ids, *(r.id for r in running)})
-    pools: dict[int, list[Row]] = {}
+    pools: dict[int, list[_Pool]] = {}
     listed: dict[int, set[int]] = {}
     if ids:
         params = {"task_ids": ids, "max_attempts": settings.max_attempts}
-        for row in conn.execute(q.query(rq.LEFT_BY_POOL, dialect, "task_ids"), params):
+        for row in _left_by_pool(conn, params):
             pools.setdefault(row.task_id, []).append(row)
         for row in conn.execute(q.query(rq.TASK_SERVICES, dialect, "task_ids"), params):
             listed.setdefault(row.task_id, set()).add(row.service_id)
     return _Facts(now, services, slots, running, pools, listed)
+
+
+@dataclass(frozen=True)
+class _Pool:
+    """Rows of a task left in one status, bound to one service (None: any)."""
+
+    task_id: int
+    status: str
+    service_id: int | None
+    n: int
+
+
+def _left_by_pool(conn: Connection, params: dict[str, Any]) -> list[_Pool]:
+    """Pending rows by their pin (the unpinned ones as all pending less the pinned), then
+    rows in flight and of unknown outcome by their service."""
+    dialect = conn.dialect.name
+    pending = dict(conn.execute(q.query(rq.PENDING_BY_TASK, dialect, "task_ids"), params).all())
+    pools = []
+    for row in conn.execute(q.query(rq.PINNED_BY_TASK, dialect, "task_ids"), params):
+        pools.append(_Pool(row.task_id, "pending", row.service_id, int(row.n)))
+        pending[row.task_id] -= int(row.n)
+    pools += [_Pool(task_id, "pending", None, int(n)) for task_id, n in pending.items() if n]
+    for row in conn.execute(q.query(rq.IN_FLIGHT_BY_TASK, dialect, "task_ids"), params):
+        pools.append(_Pool(row.task_id, row.status, row.service_id, int(row.n)))
+    return pools
 
 
 def _pace(service: ServiceReport) -> tuple[float, str]:
@@ -371,7 +396,7 @@ class _Left:
     will_fail: int = 0
 
 
-def _left(rows: list[Row], policy: str, services: dict[int, ServiceReport]) -> _Left:
+def _left(rows: list[_Pool], policy: str, services: dict[int, ServiceReport]) -> _Left:
     left = _Left()
     for row in rows:
         n, sid = int(row.n), row.service_id

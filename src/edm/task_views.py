@@ -152,6 +152,20 @@ def _view(conn: Connection, row, *, details: bool) -> TaskView:  # type: ignore[
     )
 
 
+def sent_by_service(conn: Connection, task_id: int) -> dict[int | None, int]:
+    """The task's sent rows by the service that sent them (for a task page)."""
+    rows = conn.execute(q.query(q.TASK_SENT_BY_SERVICE, conn.dialect.name), {"task_id": task_id})
+    return {row.service_id: int(row.n) for row in rows}
+
+
+def sent_per_minute(conn: Connection, task_id: int, since: float) -> list[tuple[float, int]]:
+    """(start of the minute, rows sent in it) since `since`, oldest first; minutes with none
+    are left out (for a task page's chart)."""
+    params = {"task_id": task_id, "since": since}
+    rows = conn.execute(q.query(q.TASK_SENT_PER_MINUTE, conn.dialect.name), params)
+    return [(float(row.minute), int(row.n)) for row in rows]
+
+
 def _cut(message: str | None) -> str:
     if not message:
         return ""

@@ -86,7 +86,7 @@ def create_task(
         session.flush()
         session.add_all(TaskService(task_id=task.id, service_id=sid) for sid in service_ids)
         _keep_audience(session, task.id, audience)
-        _expand(session, task.id, audience)
+        _expand(session, task.id, audience, new=True)
         checks.check_against_audience(
             session.connection(), content, task.id, allow_missing_fields=allow_missing_fields
         )
@@ -127,16 +127,16 @@ def _kept_audience(session: Session, task: Task) -> Audience:
     )
 
 
-def _expand(session: Session, task_id: int, audience: Audience) -> None:
+def _expand(session: Session, task_id: int, audience: Audience, *, new: bool = False) -> None:
     """One sub-task per contact of the audience; running it again adds only contacts that
-    are new.
+    are new (`new`: the task was made in this transaction and has none yet).
 
     Refused when no contact of the audience is active: the task would complete at once,
     sending nothing.
     """
     conn = session.connection()
     dialect = conn.dialect.name
-    conn.execute(q.expand_task(dialect, task_id, audience_filter(conn, audience)))
+    conn.execute(q.expand_task(dialect, task_id, audience_filter(conn, audience), new=new))
     pending = conn.execute(q.query(q.AUDIENCE_PENDING, dialect), {"task_id": task_id})
     if not pending.scalar_one():
         if audience == Audience():

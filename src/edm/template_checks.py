@@ -101,6 +101,8 @@ def check_against_audience(
 
 def _count_lacking(conn: Connection, dialect: str, field: str, task_id: int) -> int:
     params = {"field": field, "path": f'$."{field}"', "task_id": task_id}
+    if not conn.execute(q.query(q.ANY_CONTACT_LACKING_FIELD, dialect), params).scalar_one():
+        return 0
     return int(conn.execute(q.query(q.CONTACTS_LACKING_FIELD, dialect), params).scalar_one())
 
 

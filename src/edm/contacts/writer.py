@@ -1,12 +1,18 @@
-"""Applying contact rows to the database, a chunk at a time, in the caller's transaction.
+"""Applying contact rows to the database, in the caller's transaction.
 
 Rows are applied in the order given: a row whose address an earlier row of the same
 import already named is a duplicate, and merges onto what that row left, by the same
 rules as onto an existing contact.
+
+The rows are staged first (`store.stager`), then merged: the addresses named once in a
+few set-based statements, those named more than once (rare) in Python, address by
+address, with `merge` itself.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 
 from sqlalchemy import Connection, Engine
@@ -16,10 +22,6 @@ from edm.contacts import store
 from edm.contacts.merge import ContactState, MergeRules, StatusEffect, merge
 from edm.contacts.rows import ContactRow
 from edm.db.models import CONTACT_STATUSES
-
-# Rows per round trip: large enough that the round trips cost little next to the rows,
-# small enough that a chunk's addresses fit one `IN (...)` on either database.
-CHUNK = 1000
 
 
 @dataclass
@@ -76,37 +78,61 @@ def plan_chunk(
 
 
 class ContactWriter:
-    """Writes chunks of rows; `close()` before the transaction commits."""
+    """Stages rows (`staging()`), then merges them into the contacts (`finish()`)."""
 
     def __init__(self, conn: Connection, rules: MergeRules, list_id: int | None = None) -> None:
         self.conn = conn
         self.rules = rules
         self.list_id = list_id  # every contact written is put on this list
         self.counts = Counts()
-        store.start_seen(conn)
 
-    def write(self, rows: list[ContactRow]) -> None:
+    @contextmanager
+    def staging(self) -> Iterator[Callable[[ContactRow], None]]:
+        """A function that stages one good row; call it in file order."""
+        store.start_staging(self.conn)
+        with store.stager(self.conn) as add:
+            yield add
+
+    def finish(self) -> Counts:
+        """Merge the staged rows; the counts of what they did."""
+        store.split_repeated(self.conn)
+        self._merge_once()
+        for rows in store.repeated_batches(self.conn):
+            self._merge_in_order(rows)
+        if self.list_id is not None:
+            store.put_staged_on_list(self.conn, self.list_id)
+        store.end_staging(self.conn)
+        return self.counts
+
+    def _merge_once(self) -> None:
+        for attempt in (1, 2):
+            try:
+                with self.conn.begin_nested():
+                    once = store.merge_once(self.conn, self.rules)
+                break
+            except IntegrityError:
+                # Another transaction added one of these addresses since the lock (two
+                # imports at once on PostgreSQL): merge again, onto its contact.
+                if attempt == 2:
+                    raise
+        for name, value in vars(once).items():
+            setattr(self.counts, name, getattr(self.counts, name) + value)
+
+    def _merge_in_order(self, rows: list[ContactRow]) -> None:
+        """Whole addresses, each with all its rows in file order."""
         emails = sorted({row.email for row in rows})
-        seen = set(emails) - store.meet(self.conn, emails)
         for attempt in (1, 2):
             current = store.lock_contacts(self.conn, emails)
-            plan = plan_chunk(rows, current, seen, self.rules)
+            plan = plan_chunk(rows, current, set(), self.rules)
             try:
                 with self.conn.begin_nested():
                     store.insert_contacts(self.conn, plan.inserts)
                 break
             except IntegrityError:
-                # Another transaction added one of these addresses since the lock (two
-                # imports at once on PostgreSQL): plan again against its contact.
                 if attempt == 2:
                     raise
         store.update_contacts(self.conn, plan.updates)
         self.counts.add(plan.counts)
-        if self.list_id is not None:
-            store.put_on_list(self.conn, self.list_id, emails)
-
-    def close(self) -> None:
-        store.end_seen(self.conn)
 
 
 def add_contacts(engine: Engine, contacts: list[dict]) -> int:
@@ -124,7 +150,8 @@ def add_contacts(engine: Engine, contacts: list[dict]) -> int:
         rows.append(ContactRow(line, email, contact.get("name"), status, contact.get("fields")))
     with engine.begin() as conn:
         writer = ContactWriter(conn, MergeRules())
-        for start in range(0, len(rows), CHUNK):
-            writer.write(rows[start : start + CHUNK])
-        writer.close()
+        with writer.staging() as stage:
+            for row in rows:
+                stage(row)
+        writer.finish()
     return len(rows)
