@@ -3,15 +3,15 @@ pace, its sends per minute, its split by service), pending rows pinned to a serv
 the indexes on the provider's message id and on a service's sends made partial, so that
 expanding a task does not fill them with a million NULLs
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
