@@ -67,12 +67,26 @@ class TaskView:
         return {**asdict(self), "rates": self.rates}
 
 
-def show_task(engine: Engine, task_id: int) -> TaskView:
+def show_task(engine: Engine, task_id: int, *, funnel: bool = True, shown: bool = True) -> TaskView:
+    """The task with its funnel, states and failure reasons. The funnel and the count by
+    shown state each read every row of the task: `funnel=False` or `shown=False` leaves
+    them out (the console reads the funnel beside the rest, and shows no states)."""
     with engine.connect() as conn:
         row = conn.execute(q.query(q.TASK_ROW, engine.dialect.name), {"task_id": task_id}).first()
         if row is None:
             raise TaskNotFound(f"unknown task {task_id}")
-        return _view(conn, row, details=True)
+        return _view(conn, row, details=True, facts=funnel, states=shown)
+
+
+def task_funnel(engine: Engine, task_id: int) -> dict[str, int]:
+    """Unique sub-tasks of the task with each delivery fact (see TaskView.funnel)."""
+    with engine.connect() as conn:
+        return _funnel(conn, task_id)
+
+
+def _funnel(conn: Connection, task_id: int) -> dict[str, int]:
+    facts = conn.execute(q.query(q.TASK_FUNNEL, conn.dialect.name), {"task_id": task_id}).one()
+    return {name: int(value or 0) for name, value in facts._mapping.items()}
 
 
 def list_tasks(engine: Engine) -> list[TaskView]:
@@ -96,7 +110,9 @@ def task_counts(conn: Connection, task_id: int) -> dict[str, int]:
     return {row.status: int(row.n) for row in rows}
 
 
-def _view(conn: Connection, row, *, details: bool) -> TaskView:  # type: ignore[no-untyped-def]
+def _view(  # type: ignore[no-untyped-def]
+    conn: Connection, row, *, details: bool, facts: bool = True, states: bool = True
+) -> TaskView:
     dialect = conn.dialect.name
     counts = task_counts(conn, row.id)
     services = [
@@ -109,12 +125,13 @@ def _view(conn: Connection, row, *, details: bool) -> TaskView:  # type: ignore[
     funnel: dict[str, int] = {}
     shown: dict[str, int] = {}
     if details:
-        facts = conn.execute(q.query(q.TASK_FUNNEL, dialect), {"task_id": row.id}).one()
-        funnel = {name: int(value or 0) for name, value in facts._mapping.items()}
-        shown = {
-            r.state: int(r.n)
-            for r in conn.execute(q.query(q.TASK_SHOWN_STATES, dialect), {"task_id": row.id})
-        }
+        if facts:
+            funnel = _funnel(conn, row.id)
+        if states:
+            shown = {
+                r.state: int(r.n)
+                for r in conn.execute(q.query(q.TASK_SHOWN_STATES, dialect), {"task_id": row.id})
+            }
         rate = int(
             conn.execute(
                 q.query(q.TASK_SENT_SINCE, dialect),

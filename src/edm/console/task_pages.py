@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, select
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
@@ -24,7 +25,7 @@ from edm.audience.selection import Audience, count_audience
 from edm.config import Settings
 from edm.console.view import Submitted, admin_form, console_router, error_page, page, redirect
 from edm.db import console_queries as cq
-from edm.db.models import ACTIVE_SUBTASK_STATUSES, DELIVERY_POLICIES, SUBTASK_STATUSES
+from edm.db.models import ACTIVE_SUBTASK_STATUSES, DELIVERY_POLICIES, Service
 from edm.db.queries import query
 from edm.services import list_services
 from edm.template_checks import TemplateCheckError
@@ -43,9 +44,8 @@ ACTIONS = ("start", "pause", "resume", "cancel")
 # -- a task's page ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ServiceSplit:
-    name: str  # "not taken yet" for rows no service has taken
-    counts: list[tuple[str, int]]  # in lifecycle order
-    total: int
+    name: str
+    sent: int  # the task's rows this service sent
 
 
 @dataclass(frozen=True)
@@ -104,33 +104,23 @@ def actions_for(status: str) -> list[str]:
     return allowed.get(status, [])
 
 
-def _split(conn: Connection, task_id: int) -> list[ServiceSplit]:
-    rows = conn.execute(query(cq.TASK_SPLIT, conn.dialect.name), {"task_id": task_id}).all()
-    by_service: dict[str, dict[str, int]] = {}
-    for row in rows:
-        name = row.name if row.service_id is not None else "not taken yet"
-        by_service.setdefault(name, {})[row.status] = int(row.n)
+def _split(conn: Connection, task_id: int, names: dict[int, str]) -> list[ServiceSplit]:
+    """The task's sent rows by the service that sent them (from the index of sent rows)."""
+    sent = task_views.sent_by_service(conn, task_id)
     return [
-        ServiceSplit(
-            name,
-            [(status, counts[status]) for status in SUBTASK_STATUSES if counts.get(status)],
-            sum(counts.values()),
-        )
-        for name, counts in sorted(by_service.items(), key=lambda item: -sum(item[1].values()))
+        ServiceSplit(names.get(service_id, f"service {service_id}"), n)
+        for service_id, n in sorted(sent.items(), key=lambda item: -item[1])
+        if service_id is not None
     ]
 
 
 def _chart(conn: Connection, task_id: int, now: float) -> Chart:
     first = math.floor(now / 60) - CHART_MINUTES + 1
-    rows = conn.execute(
-        query(cq.TASK_SENT_PER_MINUTE, conn.dialect.name),
-        {"task_id": task_id, "since": first * 60},
-    ).all()
     per_minute = [0] * CHART_MINUTES
-    for row in rows:
-        index = int(row.minute) - first
+    for minute, sent in task_views.sent_per_minute(conn, task_id, first * 60):
+        index = int(minute // 60) - first
         if 0 <= index < CHART_MINUTES:
-            per_minute[index] += int(row.n)
+            per_minute[index] += sent
     peak = max(per_minute)
     chart = Chart([], peak, sum(per_minute))
     step = chart.width / CHART_MINUTES
@@ -147,15 +137,38 @@ def _stuck(conn: Connection, task_id: int) -> Stuck:
     return Stuck(int(lease.rows), lease.oldest, int(unknown.rows), unknown.oldest)
 
 
-def task_page(engine: Engine, settings: Settings, task_id: int) -> TaskPage:
-    view = task_views.show_task(engine, task_id)
-    eta = None
-    if view.status in ("running", "scheduled", "paused"):
-        eta = forecast.task_eta(engine, task_id, settings=settings)
+# The reads of a task's page run side by side, each on a connection of its own: on a task
+# of a million rows each is a scan of an index or of the task's rows, and together they
+# take about as long as the slowest.
+_READERS = ThreadPoolExecutor(max_workers=6, thread_name_prefix="task-page")
+
+
+def _eta(engine: Engine, settings: Settings, task_id: int) -> forecast.Eta | None:
+    try:
+        return forecast.task_eta(engine, task_id, settings=settings)
+    except task_views.TaskNotFound:
+        return None
+
+
+def _sends(engine: Engine, task_id: int) -> tuple[list[ServiceSplit], Chart, Stuck]:
     with engine.connect() as conn:
-        split = _split(conn, task_id)
-        chart = _chart(conn, task_id, time.time())
-        stuck = _stuck(conn, task_id)
+        names = dict(conn.execute(select(Service.id, Service.name)).all())
+        return (
+            _split(conn, task_id, names),
+            _chart(conn, task_id, time.time()),
+            _stuck(conn, task_id),
+        )
+
+
+def task_page(engine: Engine, settings: Settings, task_id: int) -> TaskPage:
+    viewing = _READERS.submit(task_views.show_task, engine, task_id, funnel=False, shown=False)
+    funnel = _READERS.submit(task_views.task_funnel, engine, task_id)
+    forecasting = _READERS.submit(_eta, engine, settings, task_id)
+    counting = _READERS.submit(_sends, engine, task_id)
+    view = replace(viewing.result(), funnel=funnel.result())
+    eta, (split, chart, stuck) = forecasting.result(), counting.result()
+    if view.status not in ("running", "scheduled", "paused"):
+        eta = None  # done, cancelled or a draft: nothing to forecast
     left = sum(view.counts.get(status, 0) for status in ACTIVE_SUBTASK_STATUSES)
     done = view.total - left
     return TaskPage(

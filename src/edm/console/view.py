@@ -115,7 +115,7 @@ def to_login(request: Request) -> RedirectResponse:
 
 def _health(app: FastAPI) -> dict[str, Any]:
     """The banner: the worst status and the checks that are not ok, worst first."""
-    results: list[CheckResult] = app.state.health.results()
+    results: list[CheckResult] = app.state.health.recent()
     problems = sorted((r for r in results if r.status != OK), key=lambda r: -SEVERITY[r.status])
     return {"level": worst(results), "problems": problems, "results": results}
 

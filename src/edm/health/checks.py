@@ -10,6 +10,7 @@ there to report.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +26,8 @@ from edm.db.queries import SELECT_NOW, query
 
 OK, WARN, CRITICAL = "ok", "warn", "critical"
 SEVERITY = {OK: 0, WARN: 1, CRITICAL: 2}
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -511,3 +514,24 @@ class CachedChecks:
                 self._results = run_checks(self.engine, self.settings)
                 self._at = time.monotonic()
             return self._results
+
+    def recent(self) -> list[CheckResult]:
+        """The last results at once, run again in the background when they are older than
+        `seconds` (the first call waits for them). For pages that show the checks beside
+        something else: on a large installation a run takes a second, which a page
+        refreshed every few seconds should not pay each time."""
+        if not self._results or self.seconds == 0:  # 0: no cache, always run now
+            return self.results()
+        if time.monotonic() - self._at >= self.seconds and self._lock.acquire(blocking=False):
+            threading.Thread(target=self._refresh, name="health-checks", daemon=True).start()
+        return self._results
+
+    def _refresh(self) -> None:
+        """Run in its own thread, holding the lock `recent` took."""
+        try:
+            self._results = run_checks(self.engine, self.settings)
+            self._at = time.monotonic()
+        except Exception:  # the database is down: the next call tries again
+            log.exception("health checks failed")
+        finally:
+            self._lock.release()
