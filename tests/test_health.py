@@ -488,3 +488,8 @@ def test_pages_get_the_last_checks_at_once_and_fresh_ones_soon_after(database: E
         return next(r for r in checks if r.name == "services_running").status == CRITICAL
 
     wait_for(critical, 10, "the checks run again in the background")
+
+    # A change made here (a console form) is seen by the next page at once.
+    beat(database, 1)
+    cached.changed()
+    assert next(r for r in cached.recent() if r.name == "services_running").status == OK

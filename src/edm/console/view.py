@@ -214,7 +214,8 @@ class Flash:
 
 async def redirect(request: Request, to: str, text: str, level: str = "ok") -> Response:
     """Back to a page after a form, with one message to show there (signed: a link cannot
-    put words in the console's mouth)."""
+    put words in the console's mouth), and the health checks run afresh for it."""
+    request.app.state.health.changed()  # the page it goes to shows the checks as they are now
     response = RedirectResponse(to, status_code=303)
     data = {"level": level, "text": text[:500], "exp": int(time.time()) + FLASH_SECONDS}
     value = auth.sign(await auth.signing_key(request), "flash", data)

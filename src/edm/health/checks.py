@@ -507,6 +507,7 @@ class CachedChecks:
         self._lock = threading.Lock()
         self._results: list[CheckResult] = []
         self._at = float("-inf")
+        self._changed = False
 
     def results(self) -> list[CheckResult]:
         with self._lock:
@@ -520,11 +521,22 @@ class CachedChecks:
         `seconds` (the first call waits for them). For pages that show the checks beside
         something else: on a large installation a run takes a second, which a page
         refreshed every few seconds should not pay each time."""
+        if self._changed:  # run after the change, not a run that began before it
+            self._changed = False
+            with self._lock:
+                self._results = run_checks(self.engine, self.settings)
+                self._at = time.monotonic()
+                return self._results
         if not self._results or self.seconds == 0:  # 0: no cache, always run now
             return self.results()
         if time.monotonic() - self._at >= self.seconds and self._lock.acquire(blocking=False):
             threading.Thread(target=self._refresh, name="health-checks", daemon=True).start()
         return self._results
+
+    def changed(self) -> None:
+        """Something the checks look at was just changed here (a service frozen from the
+        console): the next `recent()` runs them again before it answers."""
+        self._changed = True
 
     def _refresh(self) -> None:
         """Run in its own thread, holding the lock `recent` took."""
