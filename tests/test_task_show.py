@@ -127,3 +127,77 @@ def test_task_page_reads_sends_by_service_and_per_minute(engine: Engine) -> None
             (float(minute), 2),
             (float(minute + 60), 1),
         ]
+
+
+def _shown_state(row: dict) -> str:
+    """SHOWN_STATE's precedence, in Python: the oracle for the one-read tally."""
+    if row["complained_at"] is not None:
+        return "complained"
+    if row["unsubscribed_at"] is not None:
+        return "unsubscribed"
+    if row["bounce_type"] == "hard":
+        return "hard_bounced"
+    if row["bounce_type"] == "soft" and row["delivered_at"] is None:
+        return "soft_bounced"
+    for fact, state in (("clicked_at", "clicked"), ("opened_at", "opened")):
+        if row[fact] is not None:
+            return state
+    return "delivered" if row["delivered_at"] is not None else row["status"]
+
+
+def test_counts_funnel_and_shown_states_from_one_read_agree_with_each_row(
+    engine: Engine,
+) -> None:
+    """Every combination of facts (and none) on rows of several statuses: the counts, the
+    funnel and the shown states `task show` gives are those of the rows one by one."""
+    import itertools
+
+    from edm.task_views import FUNNEL_FACTS, show_task
+
+    facts = ("delivered_at", "opened_at", "clicked_at", "complained_at", "unsubscribed_at")
+    combos = [
+        (status, dict(zip(facts, present, strict=True)), bounce)
+        for status in ("sent", "unknown", "failed", "pending")
+        for present in itertools.product((None, 1.0), repeat=len(facts))
+        for bounce in (None, "hard", "soft")
+    ]
+    make_contacts(engine, len(combos))
+    task_id = tasks_mod.create_task(engine, "t", "s", text_body="x")
+    with engine.begin() as conn:
+        ids = [r[0] for r in conn.execute(text("SELECT id FROM sub_tasks ORDER BY id"))]
+        rows = []
+        for sub_task_id, (status, present, bounce) in zip(ids, combos, strict=True):
+            row = {"id": sub_task_id, "status": status, "bounce_type": bounce, **present}
+            rows.append(row)
+            conn.execute(
+                text(
+                    "UPDATE sub_tasks SET status = :status, bounce_type = :bounce_type,"
+                    " delivered_at = :delivered_at, opened_at = :opened_at,"
+                    " clicked_at = :clicked_at, complained_at = :complained_at,"
+                    " unsubscribed_at = :unsubscribed_at WHERE id = :id"
+                ),
+                row,
+            )
+    view = show_task(engine, task_id)
+
+    expected_shown: dict[str, int] = {}
+    expected_counts: dict[str, int] = {}
+    for row in rows:
+        state = _shown_state(row)
+        expected_shown[state] = expected_shown.get(state, 0) + 1
+        expected_counts[row["status"]] = expected_counts.get(row["status"], 0) + 1
+    has = {
+        "delivered": lambda r: r["delivered_at"] is not None,
+        "opened": lambda r: r["opened_at"] is not None,
+        "clicked": lambda r: r["clicked_at"] is not None,
+        "hard_bounced": lambda r: r["bounce_type"] == "hard",
+        "soft_bounced": lambda r: r["bounce_type"] == "soft",
+        "complained": lambda r: r["complained_at"] is not None,
+        "unsubscribed": lambda r: r["unsubscribed_at"] is not None,
+    }
+    assert view.counts == expected_counts
+    assert view.funnel == {fact: sum(map(has[fact], rows)) for fact in FUNNEL_FACTS}
+    assert view.shown == expected_shown
+    # The console reads them apart: the same answers.
+    apart = show_task(engine, task_id, shown=False)
+    assert (apart.counts, apart.funnel, apart.shown) == (view.counts, view.funnel, {})

@@ -17,6 +17,15 @@ from edm.db import queries as q
 REASONS_SHOWN = 10
 REASON_CHARS = 160
 RATE_WINDOW_SECONDS = 60.0
+FUNNEL_FACTS = (
+    "delivered",
+    "opened",
+    "clicked",
+    "hard_bounced",
+    "soft_bounced",
+    "complained",
+    "unsubscribed",
+)
 
 
 class TaskNotFound(ValueError):
@@ -110,11 +119,31 @@ def task_counts(conn: Connection, task_id: int) -> dict[str, int]:
     return {row.status: int(row.n) for row in rows}
 
 
+def _tally(conn: Connection, task_id: int) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+    """Counts by status, the funnel and the shown states, from one read (q.TASK_TALLY)."""
+    counts: dict[str, int] = {}
+    funnel = dict.fromkeys(FUNNEL_FACTS, 0)
+    shown: dict[str, int] = {}
+    for r in conn.execute(q.query(q.TASK_TALLY, conn.dialect.name), {"task_id": task_id}):
+        values = r._mapping
+        counts[r.status] = int(r.n)
+        for fact in FUNNEL_FACTS:
+            funnel[fact] += int(values[fact] or 0)
+        by_fact = 0
+        for state in q.SHOWN_FACT_FILTERS:
+            n = int(values[f"shown_{state}"] or 0)
+            shown[state] = shown.get(state, 0) + n
+            by_fact += n
+        shown[r.status] = shown.get(r.status, 0) + int(r.n) - by_fact
+    return counts, funnel, {state: n for state, n in shown.items() if n}
+
+
 def _view(  # type: ignore[no-untyped-def]
     conn: Connection, row, *, details: bool, facts: bool = True, states: bool = True
 ) -> TaskView:
     dialect = conn.dialect.name
-    counts = task_counts(conn, row.id)
+    whole = details and facts and states  # all three from one read of the task's rows
+    counts, funnel, shown = _tally(conn, row.id) if whole else (task_counts(conn, row.id), {}, {})
     services = [
         name
         for (name,) in conn.execute(q.query(q.TASK_SERVICE_NAMES, dialect), {"task_id": row.id})
@@ -122,9 +151,7 @@ def _view(  # type: ignore[no-untyped-def]
     audience = conn.execute(q.query(q.TASK_LIST_NAMES, dialect), {"task_id": row.id}).all()
     rate = 0
     reasons: list[FailureReason] = []
-    funnel: dict[str, int] = {}
-    shown: dict[str, int] = {}
-    if details:
+    if details and not whole:
         if facts:
             funnel = _funnel(conn, row.id)
         if states:
@@ -132,6 +159,7 @@ def _view(  # type: ignore[no-untyped-def]
                 r.state: int(r.n)
                 for r in conn.execute(q.query(q.TASK_SHOWN_STATES, dialect), {"task_id": row.id})
             }
+    if details:
         rate = int(
             conn.execute(
                 q.query(q.TASK_SENT_SINCE, dialect),

@@ -427,14 +427,15 @@ TASK_SENT_SINCE = both("""
     WHERE task_id = :task_id AND status = 'sent' AND sent_at >= (SELECT {now} - :seconds)""")
 
 # The funnel: unique sub-tasks with each delivery fact, derived like the counts.
-TASK_FUNNEL = both("""
-    SELECT sum(CASE WHEN delivered_at IS NOT NULL THEN 1 ELSE 0 END) AS delivered,
-           sum(CASE WHEN opened_at IS NOT NULL THEN 1 ELSE 0 END) AS opened,
-           sum(CASE WHEN clicked_at IS NOT NULL THEN 1 ELSE 0 END) AS clicked,
-           sum(CASE WHEN bounce_type = 'hard' THEN 1 ELSE 0 END) AS hard_bounced,
-           sum(CASE WHEN bounce_type = 'soft' THEN 1 ELSE 0 END) AS soft_bounced,
-           sum(CASE WHEN complained_at IS NOT NULL THEN 1 ELSE 0 END) AS complained,
-           sum(CASE WHEN unsubscribed_at IS NOT NULL THEN 1 ELSE 0 END) AS unsubscribed
+_FUNNEL_COLUMNS = """count(delivered_at) AS delivered,
+           count(opened_at) AS opened,
+           count(clicked_at) AS clicked,
+           count(*) FILTER (WHERE bounce_type = 'hard') AS hard_bounced,
+           count(*) FILTER (WHERE bounce_type = 'soft') AS soft_bounced,
+           count(complained_at) AS complained,
+           count(unsubscribed_at) AS unsubscribed"""
+TASK_FUNNEL = both(f"""
+    SELECT {_FUNNEL_COLUMNS}
     FROM sub_tasks WHERE task_id = :task_id""")
 
 # A sub-task's shown state: its highest delivery fact by precedence, else its status. The
@@ -451,6 +452,34 @@ SHOWN_STATE = """CASE
 TASK_SHOWN_STATES = both(f"""
     SELECT {SHOWN_STATE} AS state, count(*) AS n FROM sub_tasks WHERE task_id = :task_id
     GROUP BY {SHOWN_STATE}""")
+
+# Counts, funnel and shown states of a task in one read of its rows (`edm task show`): by
+# status, each fact counted, and the rows whose shown state is a fact counted by that fact,
+# by the precedence of SHOWN_STATE spelled as filters (a row with none is shown by its
+# status). A CASE grouped on costs twice as much as these filters at a million rows.
+_NO_COMPLAINT_NOR_UNSUBSCRIBE = "complained_at IS NULL AND unsubscribed_at IS NULL"
+_BELOW_BOUNCES = f"""{_NO_COMPLAINT_NOR_UNSUBSCRIBE} AND bounce_type IS DISTINCT FROM 'hard'
+        AND (bounce_type IS DISTINCT FROM 'soft' OR delivered_at IS NOT NULL)"""
+SHOWN_FACT_FILTERS = {
+    "complained": "complained_at IS NOT NULL",
+    "unsubscribed": "complained_at IS NULL AND unsubscribed_at IS NOT NULL",
+    "hard_bounced": f"{_NO_COMPLAINT_NOR_UNSUBSCRIBE} AND bounce_type = 'hard'",
+    "soft_bounced": f"""{_NO_COMPLAINT_NOR_UNSUBSCRIBE} AND bounce_type = 'soft'
+        AND delivered_at IS NULL""",
+    "clicked": f"{_BELOW_BOUNCES} AND clicked_at IS NOT NULL",
+    "opened": f"{_BELOW_BOUNCES} AND clicked_at IS NULL AND opened_at IS NOT NULL",
+    "delivered": f"""{_BELOW_BOUNCES} AND clicked_at IS NULL AND opened_at IS NULL
+        AND delivered_at IS NOT NULL""",
+}
+_SHOWN_COLUMNS = ",\n           ".join(
+    f"count(*) FILTER (WHERE {where}) AS shown_{state}"
+    for state, where in SHOWN_FACT_FILTERS.items()
+)
+TASK_TALLY = both(f"""
+    SELECT status, count(*) AS n,
+           {_FUNNEL_COLUMNS},
+           {_SHOWN_COLUMNS}
+    FROM sub_tasks WHERE task_id = :task_id GROUP BY status""")
 
 # What a task page shows besides its counts: its sent rows by service, and per minute
 # since a time (the last 24 hours, or since it started). Both read the index on a task's
