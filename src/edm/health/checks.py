@@ -179,7 +179,19 @@ def _past_lease(conn: Connection, settings: Settings, now: float) -> CheckResult
 
 
 def _queue_age(conn: Connection, settings: Settings, now: float) -> CheckResult:
-    rows = conn.execute(query(hq.QUEUE_AGE, conn.dialect.name)).all()
+    dialect = conn.dialect.name
+    moving: list[float] = []  # ages of tasks the first look finds moving
+    suspects: list[int] = []
+    for row in conn.execute(query(hq.QUEUE_MOVES, dialect)):
+        moved = max(float(row.started), float(row.last_sent or 0), float(row.last_other or 0))
+        if now - moved > settings.health_queue_warn_seconds:
+            suspects.append(row.id)
+        else:
+            moving.append(now - moved)
+    rows = []
+    if suspects:
+        params = {"task_ids": suspects}
+        rows = conn.execute(query(hq.QUEUE_AGE, dialect, "task_ids"), params).all()
     threshold = (
         f"warn {_ago(settings.health_queue_warn_seconds)},"
         f" critical {_ago(settings.health_queue_critical_seconds)}"
@@ -188,7 +200,7 @@ def _queue_age(conn: Connection, settings: Settings, now: float) -> CheckResult:
         (now - max(float(row.started), float(row.first_due), float(row.last_moved or 0)), row)
         for row in rows
     ]
-    oldest = max((age for age, _ in waits), default=0.0)
+    oldest = max([age for age, _ in waits] + moving, default=0.0)
     late = [(age, row) for age, row in waits if age > settings.health_queue_warn_seconds]
     if not late:
         return CheckResult(
