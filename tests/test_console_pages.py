@@ -183,6 +183,9 @@ def test_a_new_task_from_the_form_with_a_live_audience_count(
     # A template naming a field the audience lacks: the form again, saying so, kept filled.
     bad = browser.post("/console/tasks", data={**fields, "text": "Hi {{ zip }}"})
     assert bad.status_code == 400 and "zip" in bad.text and 'value="paris only"' in bad.text
+    assert "--allow-missing-fields" not in bad.text
+    bad = browser.post("/console/tasks", data={**fields, "priority": "99999999999"})
+    assert bad.status_code == 400 and "Priority must be a whole number" in bad.text
     bad = browser.post("/console/tasks", data={**fields, "where": 'city = "Paris" and'})
     assert bad.status_code == 400 and "column" in bad.text
     assert scalar(db, "SELECT count(*) FROM tasks") == 1
@@ -274,6 +277,16 @@ def test_services_freeze_unfreeze_change_and_test(db: Engine, browser: httpx.Cli
     assert said[0] == "ok"
     assert scalar(db, "SELECT interval_seconds FROM services") == 0.5
     assert scalar(db, "SELECT daily_quota FROM services") == 7
+
+    # Said in the form's words, not the command line's.
+    said = flash(
+        browser.post(
+            "/console/services/update",
+            data={"csrf": csrf, "name": "fun", "interval": "-1"},
+            follow_redirects=True,
+        )
+    )
+    assert said[0] == "error" and said[1].startswith("Seconds between emails must be")
 
     # The sandbox's outbox is a path on the server: never set from a web page.
     for options in ("outbox=/tmp/anywhere", "no-equals-sign"):

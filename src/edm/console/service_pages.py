@@ -18,7 +18,14 @@ from starlette.responses import Response
 
 from edm import services as services_mod
 from edm.cli.common import masked
-from edm.console.view import Submitted, admin_form, console_router, page, redirect
+from edm.console.view import (
+    Submitted,
+    admin_form,
+    console_router,
+    in_form_words,
+    page,
+    redirect,
+)
 from edm.health.diagnose import service_reports
 from edm.providers.base import ProviderError
 from edm.providers.registry import PROVIDERS
@@ -26,6 +33,16 @@ from edm.validation import duration_seconds
 
 router = console_router()
 PAGE = "/console/services"
+# The CLI's words in the domain's messages, and the fields of these forms that hold them.
+FORM_WORDS = (
+    ("an --option key", "an option's key"),
+    ("--option", "Options"),
+    ("--interval", "Seconds between emails"),
+    ("--daily-quota", "Daily quota"),
+    ("--reason", "the reason"),
+    ("--for", "the freeze's length"),
+    ("--to", "the test address"),
+)
 
 
 def _services_page(app: FastAPI) -> dict[str, Any]:
@@ -70,7 +87,7 @@ async def _change(
     try:
         message = await run_in_threadpool(change, request.app, submitted)
     except (ValueError, OSError) as exc:
-        return await redirect(request, PAGE, str(exc), "error")
+        return await redirect(request, PAGE, in_form_words(str(exc), FORM_WORDS), "error")
     return await redirect(request, PAGE, message)
 
 
@@ -112,7 +129,9 @@ async def freeze(request: Request) -> Response:
     def change(app: FastAPI, form: Submitted) -> str:
         name, given = form.get("name"), form.get("for").strip()
         seconds = (
-            duration_seconds(given, "for", error=services_mod.ServiceInputError) if given else None
+            duration_seconds(given, "--for", error=services_mod.ServiceInputError)
+            if given
+            else None
         )
         reason = form.get("reason").strip() or None
         services_mod.set_frozen(app.state.engine, name, True, reason, for_seconds=seconds)

@@ -23,7 +23,15 @@ from edm import tasks as tasks_mod
 from edm.audience.lists import list_lists
 from edm.audience.selection import Audience, count_audience
 from edm.config import Settings
-from edm.console.view import Submitted, admin_form, console_router, error_page, page, redirect
+from edm.console.view import (
+    Submitted,
+    admin_form,
+    console_router,
+    error_page,
+    in_form_words,
+    page,
+    redirect,
+)
 from edm.db import console_queries as cq
 from edm.db.models import ACTIVE_SUBTASK_STATUSES, DELIVERY_POLICIES, Service
 from edm.db.queries import query
@@ -39,6 +47,22 @@ CHART_MINUTES = 60
 TASK_FORM_BYTES = 2 * 1024 * 1024
 TASK_FORM_FIELDS = 200
 ACTIONS = ("start", "pause", "resume", "cancel")
+# The CLI's words in the domain's messages, and the fields of the new-task form.
+FORM_WORDS = (
+    ("a task needs --html FILE or --text TEXT", "a task needs an HTML body or a text body"),
+    ("--subject", "Subject"),
+    ("--html", "HTML body"),
+    ("--text", "Text body"),
+    ("--from", "From"),
+    ("--services", "Services"),
+    ("--priority", "Priority"),
+    ("--delivery", "Delivery"),
+    ("--lists", "Lists"),
+    ("--exclude", "Leave out"),
+    ("--where", "Where"),
+    (", or pass --allow-missing-fields", ""),
+    ("task name", "Name"),
+)
 
 
 # -- a task's page ------------------------------------------------------------------------
@@ -468,6 +492,6 @@ async def create(request: Request) -> Response:
     try:
         task_id = await run_in_threadpool(make, request.app)
     except (TemplateCheckError, ValueError) as exc:
-        return await new_task_form(request, values, str(exc))
+        return await new_task_form(request, values, in_form_words(str(exc), FORM_WORDS))
     done = "created and started" if values["start"] else "created as a draft: check it, then start"
     return await redirect(request, f"/console/tasks/{task_id}", f"Task {task_id} {done}.")

@@ -201,6 +201,14 @@ def _refusal(session: auth.Session, csrf: str) -> Response | None:
     return None
 
 
+def in_form_words(message: str, words: tuple[tuple[str, str], ...]) -> str:
+    """A domain message (worded for the CLI: `--interval must be ...`) in the words of the
+    form that was sent: each CLI option replaced by the label of its field."""
+    for cli, label in words:
+        message = message.replace(cli, label)
+    return message
+
+
 # -- one message after a redirect ---------------------------------------------------------
 FLASH_COOKIE = "edm_flash"
 FLASH_SECONDS = 60
