@@ -96,6 +96,18 @@ def db(
     engine.dispose()
 
 
+@pytest.fixture
+def database(db: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
+    """The module's database emptied (but for the installation's keys), and `edm`
+    commands run in-process pointed at it."""
+    from tests.api_server import emptied
+
+    monkeypatch.setenv("EDM_DATABASE_URL", db.url.render_as_string(hide_password=False))
+    get_settings.cache_clear()
+    yield emptied(db)
+    get_settings.cache_clear()
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Where the browser tests wrote their screenshots (tests/test_browser.py), also when
     they ran in another process (pytest-xdist)."""

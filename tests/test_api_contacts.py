@@ -12,7 +12,7 @@ from sqlalchemy import Engine, text
 
 from edm.api_tokens import create_token
 from edm.config import Settings
-from tests.api_server import api_server, emptied
+from tests.api_server import api_server
 from tests.helpers import scalar
 
 FILE = (
@@ -24,11 +24,6 @@ FILE = (
 def client(db: Engine) -> Iterator[httpx.Client]:
     with api_server(db, Settings()) as client:
         yield client
-
-
-@pytest.fixture
-def database(db: Engine) -> Engine:
-    return emptied(db)
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ import pytest
 from sqlalchemy import Engine
 
 from edm.api_tokens import create_token
-from edm.config import Settings, get_settings
+from edm.config import Settings
 from edm.contacts import add_contacts
-from tests.api_server import api_server, emptied
+from tests.api_server import api_server
 from tests.helpers import edm
 
 
@@ -20,14 +20,6 @@ from tests.helpers import edm
 def client(db: Engine) -> Iterator[httpx.Client]:
     with api_server(db, Settings()) as client:
         yield client
-
-
-@pytest.fixture
-def database(db: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
-    monkeypatch.setenv("EDM_DATABASE_URL", db.url.render_as_string(hide_password=False))
-    get_settings.cache_clear()
-    yield emptied(db)
-    get_settings.cache_clear()
 
 
 def bearer(token: str) -> dict[str, str]:

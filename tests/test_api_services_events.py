@@ -19,7 +19,7 @@ from edm.config import Settings
 from edm.events import pipeline
 from edm.events.intake import log_request
 from edm.providers.registry import PROVIDERS
-from tests.api_server import api_server, emptied, sent_task
+from tests.api_server import api_server, sent_task
 from tests.helpers import generic_event, read_outbox, scalar, wait_for
 
 SETTINGS = Settings(health_cache_seconds=0)
@@ -38,11 +38,6 @@ ENGAGELAB = {
 def client(db: Engine) -> Iterator[httpx.Client]:
     with api_server(db, SETTINGS) as client:
         yield client
-
-
-@pytest.fixture
-def database(db: Engine) -> Engine:
-    return emptied(db)
 
 
 @pytest.fixture

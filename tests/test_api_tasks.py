@@ -19,9 +19,9 @@ from edm import task_actions
 from edm import tasks as tasks_mod
 from edm.api_tokens import create_token, revoke_token
 from edm.audience import lists as lists_mod
-from edm.config import Settings, get_settings
+from edm.config import Settings
 from edm.contacts import add_contacts
-from tests.api_server import api_server, emptied
+from tests.api_server import api_server
 from tests.helpers import (
     FAST_ENV,
     Worker,
@@ -41,14 +41,6 @@ SETTINGS = Settings(public_url=PUBLIC_URL, webhook_token=WEBHOOK_TOKEN)
 def client(db: Engine) -> Iterator[httpx.Client]:
     with api_server(db, SETTINGS) as client:
         yield client
-
-
-@pytest.fixture
-def database(db: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
-    monkeypatch.setenv("EDM_DATABASE_URL", db.url.render_as_string(hide_password=False))
-    get_settings.cache_clear()
-    yield emptied(db)
-    get_settings.cache_clear()
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from edm.db.engine import make_engine
 from edm.db.secrets import webhook_token
 from edm.providers.base import OptionError
 from edm.providers.engagelab import EngageLabProvider
-from tests.api_server import api_server, emptied, sent_task
+from tests.api_server import api_server, sent_task
 from tests.helpers import scalar, wait_for
 
 TOKEN = "test-webhook-token"
@@ -42,11 +42,6 @@ def settings(**overrides: object) -> Settings:
 def client(db: Engine) -> Iterator[httpx.Client]:
     with api_server(db, settings()) as client:
         yield client
-
-
-@pytest.fixture
-def database(db: Engine) -> Engine:
-    return emptied(db)
 
 
 def bearer(token: str = TOKEN) -> dict[str, str]:

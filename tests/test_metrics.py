@@ -17,9 +17,9 @@ from sqlalchemy import Engine, text
 
 from edm import services as services_mod
 from edm import tasks as tasks_mod
-from edm.config import Settings, get_settings
+from edm.config import Settings
 from edm.db.secrets import webhook_token
-from tests.api_server import api_server, emptied
+from tests.api_server import api_server
 from tests.helpers import Worker, make_contacts, wait_for
 
 SETTINGS = Settings(health_cache_seconds=0, metrics_cache_seconds=0, maintenance_seconds=0.2)
@@ -29,14 +29,6 @@ SETTINGS = Settings(health_cache_seconds=0, metrics_cache_seconds=0, maintenance
 def client(db: Engine) -> Iterator[httpx.Client]:
     with api_server(db, SETTINGS) as client:
         yield client
-
-
-@pytest.fixture
-def database(db: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
-    monkeypatch.setenv("EDM_DATABASE_URL", db.url.render_as_string(hide_password=False))
-    get_settings.cache_clear()
-    yield emptied(db)
-    get_settings.cache_clear()
 
 
 def samples(scrape: str) -> dict[tuple[str, frozenset], float]:

@@ -20,9 +20,9 @@ from edm.api.app import create_app
 from edm.api.resources import report as report_api
 from edm.api_tokens import create_token
 from edm.cli import report as report_cli
-from edm.config import Settings, get_settings
+from edm.config import Settings
 from edm.report import ReportInputError, report
-from tests.api_server import api_server, emptied
+from tests.api_server import api_server
 from tests.helpers import make_contacts
 
 HOUR = 3600.0
@@ -227,14 +227,6 @@ def client(db: Engine) -> Iterator[httpx.Client]:
         patch.setattr("edm.api.server.create_app", _app_with_report)
         with api_server(db, Settings()) as client:
             yield client
-
-
-@pytest.fixture
-def database(db: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
-    monkeypatch.setenv("EDM_DATABASE_URL", db.url.render_as_string(hide_password=False))
-    get_settings.cache_clear()
-    yield emptied(db)
-    get_settings.cache_clear()
 
 
 def test_the_report_plan_and_eta_over_http(database: Engine, client: httpx.Client) -> None:

@@ -14,7 +14,7 @@ from edm import tasks as tasks_mod
 from edm.config import Settings
 from edm.db.secrets import signing_key
 from edm.messages import unsubscribe_token
-from tests.api_server import api_server, emptied, sent_task
+from tests.api_server import api_server, sent_task
 from tests.helpers import scalar
 
 # An address whose every shown character needs escaping.
@@ -26,11 +26,6 @@ ONE_CLICK = {"List-Unsubscribe": "One-Click"}
 def client(db: Engine) -> Iterator[httpx.Client]:
     with api_server(db, Settings(secret_key="")) as client:
         yield client
-
-
-@pytest.fixture
-def database(db: Engine) -> Engine:
-    return emptied(db)
 
 
 def link(engine: Engine, sub_task_id: int, contact_id: int) -> str:
