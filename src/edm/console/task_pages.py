@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
+from markupsafe import escape
 from sqlalchemy import Connection, Engine, select
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
@@ -23,6 +24,7 @@ from edm import tasks as tasks_mod
 from edm.audience.lists import list_lists
 from edm.audience.selection import Audience, count_audience
 from edm.config import Settings
+from edm.console import auth
 from edm.console.view import (
     Submitted,
     admin_form,
@@ -33,7 +35,7 @@ from edm.console.view import (
     redirect,
 )
 from edm.db import console_queries as cq
-from edm.db.models import ACTIVE_SUBTASK_STATUSES, DELIVERY_POLICIES, Service
+from edm.db.models import ACTIVE_SUBTASK_STATUSES, DELIVERY_POLICIES, Service, Task
 from edm.db.queries import query
 from edm.services import list_services
 from edm.template_checks import TemplateCheckError
@@ -277,7 +279,9 @@ def _lifecycle(action: str) -> None:
     function = getattr(tasks_mod, f"{action}_task")
 
     def act(app: FastAPI, task_id: int, _: Submitted) -> None:
-        task_views.show_task(app.state.engine, task_id)  # unknown: 404, not "not allowed"
+        with app.state.engine.connect() as conn:  # unknown: 404, not "not allowed"
+            if conn.scalar(select(Task.id).where(Task.id == task_id)) is None:
+                raise task_views.TaskNotFound(f"unknown task {task_id}")
         function(app.state.engine, task_id)
 
     async def route(request: Request, task_id: str) -> Response:
@@ -348,8 +352,6 @@ async def preview(request: Request, task_id: str) -> Response:
 
 @router.get("/console/tasks/{task_id}/preview.html", response_class=HTMLResponse)
 async def preview_body(request: Request, task_id: str) -> Response:
-    from edm.console import auth
-
     number = _task_id(task_id)
     email = request.query_params.get("contact", "").strip() or None
     if number is None or await auth.current_session(request) is None:
@@ -360,7 +362,7 @@ async def preview_body(request: Request, task_id: str) -> Response:
         )
     except ValueError as exc:
         return Response(str(exc), status_code=400, media_type="text/plain")
-    body = shown.html if shown.html is not None else f"<pre>{_escape(shown.text or '')}</pre>"
+    body = shown.html if shown.html is not None else f"<pre>{escape(shown.text or '')}</pre>"
     return HTMLResponse(
         body,
         headers={
@@ -373,16 +375,8 @@ async def preview_body(request: Request, task_id: str) -> Response:
     )
 
 
-def _escape(text: str) -> str:
-    from markupsafe import escape
-
-    return str(escape(text))
-
-
 @router.get("/console/tasks/{task_id}/export.csv")
 async def export(request: Request, task_id: str) -> Response:
-    from edm.console import auth
-
     number = _task_id(task_id)
     if await auth.current_session(request) is None:
         return Response(status_code=401)
