@@ -76,26 +76,22 @@ class TaskView:
         return {**asdict(self), "rates": self.rates}
 
 
-def show_task(engine: Engine, task_id: int, *, funnel: bool = True, shown: bool = True) -> TaskView:
-    """The task with its funnel, states and failure reasons. The funnel and the count by
-    shown state each read every row of the task: `funnel=False` or `shown=False` leaves
-    them out (the console reads the funnel beside the rest, and shows no states)."""
+def show_task(engine: Engine, task_id: int, *, tallied: bool = True) -> TaskView:
+    """The task with its failure reasons and, from one read of every row of the task, its
+    funnel and shown states. `tallied=False` leaves those two out: the console reads the
+    funnel beside the rest (`task_funnel`) and shows no states."""
     with engine.connect() as conn:
         row = conn.execute(q.query(q.TASK_ROW, engine.dialect.name), {"task_id": task_id}).first()
         if row is None:
             raise TaskNotFound(f"unknown task {task_id}")
-        return _view(conn, row, details=True, facts=funnel, states=shown)
+        return _view(conn, row, details=True, tallied=tallied)
 
 
 def task_funnel(engine: Engine, task_id: int) -> dict[str, int]:
     """Unique sub-tasks of the task with each delivery fact (see TaskView.funnel)."""
     with engine.connect() as conn:
-        return _funnel(conn, task_id)
-
-
-def _funnel(conn: Connection, task_id: int) -> dict[str, int]:
-    facts = conn.execute(q.query(q.TASK_FUNNEL, conn.dialect.name), {"task_id": task_id}).one()
-    return {name: int(value or 0) for name, value in facts._mapping.items()}
+        facts = conn.execute(q.query(q.TASK_FUNNEL, conn.dialect.name), {"task_id": task_id})
+        return {name: int(value or 0) for name, value in facts.one()._mapping.items()}
 
 
 def list_tasks(engine: Engine) -> list[TaskView]:
@@ -139,11 +135,13 @@ def _tally(conn: Connection, task_id: int) -> tuple[dict[str, int], dict[str, in
 
 
 def _view(  # type: ignore[no-untyped-def]
-    conn: Connection, row, *, details: bool, facts: bool = True, states: bool = True
+    conn: Connection, row, *, details: bool, tallied: bool = True
 ) -> TaskView:
     dialect = conn.dialect.name
-    whole = details and facts and states  # all three from one read of the task's rows
-    counts, funnel, shown = _tally(conn, row.id) if whole else (task_counts(conn, row.id), {}, {})
+    if details and tallied:
+        counts, funnel, shown = _tally(conn, row.id)
+    else:
+        counts, funnel, shown = task_counts(conn, row.id), {}, {}
     services = [
         name
         for (name,) in conn.execute(q.query(q.TASK_SERVICE_NAMES, dialect), {"task_id": row.id})
@@ -151,14 +149,6 @@ def _view(  # type: ignore[no-untyped-def]
     audience = conn.execute(q.query(q.TASK_LIST_NAMES, dialect), {"task_id": row.id}).all()
     rate = 0
     reasons: list[FailureReason] = []
-    if details and not whole:
-        if facts:
-            funnel = _funnel(conn, row.id)
-        if states:
-            shown = {
-                r.state: int(r.n)
-                for r in conn.execute(q.query(q.TASK_SHOWN_STATES, dialect), {"task_id": row.id})
-            }
     if details:
         rate = int(
             conn.execute(

@@ -187,7 +187,7 @@ def _sends(engine: Engine, task_id: int) -> tuple[list[ServiceSplit], Chart, Stu
 
 
 def task_page(engine: Engine, settings: Settings, task_id: int) -> TaskPage:
-    viewing = _READERS.submit(task_views.show_task, engine, task_id, funnel=False, shown=False)
+    viewing = _READERS.submit(task_views.show_task, engine, task_id, tallied=False)
     funnel = _READERS.submit(task_views.task_funnel, engine, task_id)
     forecasting = _READERS.submit(_eta, engine, settings, task_id)
     counting = _READERS.submit(_sends, engine, task_id)

@@ -438,25 +438,12 @@ TASK_FUNNEL = both(f"""
     SELECT {_FUNNEL_COLUMNS}
     FROM sub_tasks WHERE task_id = :task_id""")
 
-# A sub-task's shown state: its highest delivery fact by precedence, else its status. The
-# facts are kept as first-seen times, so the shown state never depends on event order.
-SHOWN_STATE = """CASE
-        WHEN complained_at IS NOT NULL THEN 'complained'
-        WHEN unsubscribed_at IS NOT NULL THEN 'unsubscribed'
-        WHEN bounce_type = 'hard' THEN 'hard_bounced'
-        WHEN bounce_type = 'soft' AND delivered_at IS NULL THEN 'soft_bounced'
-        WHEN clicked_at IS NOT NULL THEN 'clicked'
-        WHEN opened_at IS NOT NULL THEN 'opened'
-        WHEN delivered_at IS NOT NULL THEN 'delivered'
-        ELSE status END"""
-TASK_SHOWN_STATES = both(f"""
-    SELECT {SHOWN_STATE} AS state, count(*) AS n FROM sub_tasks WHERE task_id = :task_id
-    GROUP BY {SHOWN_STATE}""")
-
-# Counts, funnel and shown states of a task in one read of its rows (`edm task show`): by
-# status, each fact counted, and the rows whose shown state is a fact counted by that fact,
-# by the precedence of SHOWN_STATE spelled as filters (a row with none is shown by its
-# status). A CASE grouped on costs twice as much as these filters at a million rows.
+# A sub-task's shown state: its highest delivery fact by precedence (complained,
+# unsubscribed, hard bounced, soft bounced and not delivered, clicked, opened, delivered),
+# else its status. The facts are kept as first-seen times, so it never depends on event
+# order. TASK_TALLY counts a task's rows by it in the same read as their counts by status
+# and the funnel: the precedence spelled as one filter per fact (a CASE grouped on costs
+# twice as much at a million rows).
 _NO_COMPLAINT_NOR_UNSUBSCRIBE = "complained_at IS NULL AND unsubscribed_at IS NULL"
 _BELOW_BOUNCES = f"""{_NO_COMPLAINT_NOR_UNSUBSCRIBE} AND bounce_type IS DISTINCT FROM 'hard'
         AND (bounce_type IS DISTINCT FROM 'soft' OR delivered_at IS NOT NULL)"""
