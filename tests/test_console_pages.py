@@ -347,6 +347,9 @@ def test_import_a_csv_into_a_list_with_its_progress_then_export(
     wait_for(finished, 20, "the import to finish")
     assert "spring.csv imported: 200 contact(s) of 201 row(s): 200 new" in progress.text
     assert "<td>202</td>" in progress.text and "not-an-address" in progress.text
+    with httpx.Client(base_url=browser.base_url) as other:  # another operator's session
+        admin(db, other, "read")
+        assert "unknown here" in other.get(job[1]).text
     assert scalar(db, "SELECT count(*) FROM list_members") == 200
 
     listed = browser.get("/console/contacts", params={"list": "spring", "search": "c19"}).text

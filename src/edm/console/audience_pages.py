@@ -140,8 +140,10 @@ async def start_import(request: Request) -> Response:
     """The body is the CSV file; the options are in the query; the CSRF value in the
     X-CSRF-Token header (the body is the file, not a form)."""
     refused = await check_admin(request, request.headers.get("x-csrf-token", ""))
-    if refused is not None:
-        return _fragment(None, refused.status_code, "Sign in again with an admin token.")
+    session = await auth.session_data(request)
+    if refused is not None or session is None:
+        status = refused.status_code if refused is not None else 403
+        return _fragment(None, status, "Sign in again as an admin.")
     params = request.query_params
     file_name = params.get("file", "upload.csv")[:200]
     options = ImportOptions(
@@ -156,16 +158,21 @@ async def start_import(request: Request) -> Response:
     except UploadTooLarge as exc:
         shutil.rmtree(folder, ignore_errors=True)
         return _fragment(None, 413, str(exc))
-    job = imports.jobs(request.app).start(request.app.state.engine, folder, file_name, options)
+    job = imports.jobs(request.app).start(
+        request.app.state.engine, folder, file_name, options, auth.holder_key(session)
+    )
     return _fragment(job, 202)
 
 
 @router.get("/console/fragments/imports/{job_id}", response_class=HTMLResponse)
 async def import_progress(request: Request, job_id: str) -> Response:
-    if await auth.current_session(request) is None:
+    """Answered from the signed cookie alone, reading no database: on SQLite the import
+    holds the write lock until it commits. Only the session that started it is told."""
+    session = await auth.session_data(request)
+    if session is None:
         return Response(status_code=401, headers={"HX-Redirect": "/login?next=/console/contacts"})
     job = imports.jobs(request.app).get(job_id)
-    if job is None:
+    if job is None or job.owner != auth.holder_key(session):
         return _fragment(
             None, 200, "This import is unknown here: it was made on another instance, or long ago."
         )

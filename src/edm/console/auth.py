@@ -140,6 +140,11 @@ async def session_data(request: Request) -> dict[str, Any] | None:
     return None
 
 
+def holder_key(data: dict[str, Any]) -> str:
+    """Who a session's signed content names: its token's hash or its user."""
+    return f"token:{data['token_hash']}" if "token_hash" in data else f"user:{data['user']}"
+
+
 def _holder(engine: Engine, data: dict[str, Any]) -> tuple[str, str] | None:
     """(who, role) of a session's token or user, as the database says now."""
     if "token_hash" in data:

@@ -31,6 +31,7 @@ KEPT_SECONDS = 3600  # a finished import's result stays readable this long
 class ImportJob:
     id: str
     file_name: str
+    owner: str  # the session that started it (auth.holder_key): the only one it answers
     started_at: float
     phase: str = "checking"  # checking | importing | done | failed
     done_bytes: int = 0
@@ -59,10 +60,10 @@ class ImportJobs:
         self._lock = threading.Lock()
 
     def start(
-        self, engine: Engine, folder: Path, file_name: str, options: ImportOptions
+        self, engine: Engine, folder: Path, file_name: str, options: ImportOptions, owner: str
     ) -> ImportJob:
         """Import `folder/upload.csv` in a thread, then delete `folder`."""
-        job = ImportJob(secrets.token_urlsafe(12), file_name, time.time())
+        job = ImportJob(secrets.token_urlsafe(12), file_name, owner, time.time())
         with self._lock:
             self._forget_old()
             self._jobs[job.id] = job
