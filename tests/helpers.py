@@ -133,14 +133,14 @@ def child_env(env: dict[str, str], **overrides: str) -> dict[str, str]:
     return {**env, **overrides, "PYTHONUNBUFFERED": "1", "PATH": os.environ.get("PATH", "")}
 
 
-def edm(*args: str) -> tuple[int, str, str]:
+def edm(*args: str, stdin: str | None = None) -> tuple[int, str, str]:
     """Run the CLI in this process: (exit code, stdout, stderr). Anything but a clean exit
     (a traceback) fails the test."""
     from typer.testing import CliRunner
 
     from edm.cli import app
 
-    result = CliRunner().invoke(app, list(args), terminal_width=200)
+    result = CliRunner().invoke(app, list(args), input=stdin, terminal_width=200)
     assert not isinstance(result.exception, Exception) or isinstance(
         result.exception, SystemExit
     ), result.exception

@@ -18,7 +18,7 @@ from edm.api_tokens import create_token
 from edm.audience.lists import create_list
 from edm.contacts import add_contacts
 from tests.console_client import CSRF, browser, running_task, server, sign_in
-from tests.helpers import scalar, wait_for
+from tests.helpers import edm, scalar, wait_for
 
 __all__ = ["browser", "server"]  # fixtures
 
@@ -474,3 +474,31 @@ def test_the_report_page(db: Engine, browser: httpx.Client) -> None:
     assert f'href="/console/tasks/{task_id}">task {task_id} autumn' in page.text
     assert re.search(r"<td>task \d+ autumn</td>\s*<td>2</td>\s*<td>100.0%</td>", page.text)
     assert 'class="current">1h' in page.text
+
+
+def test_the_user_commands(database: Engine) -> None:
+    password = "correct horse battery\n"
+    code, out, _ = edm(
+        "user", "create", "ann", "--role", "admin", "--password-stdin", stdin=password
+    )
+    assert code == 0 and "user ann (admin) made" in out
+    assert users.sign_in(database, "ann", "correct horse battery") is not None
+    for args, stdin, said in (
+        (("user", "create", "ann", "--password-stdin"), password, "a user named 'ann' exists"),
+        (("user", "create", "bob", "--password-stdin"), "short\n", "12 to 1024 characters"),
+        (("user", "create", "a\x01b", "--password-stdin"), password, "control characters"),
+        (("user", "password", "ann", "--password-stdin"), "p\x00" * 8 + "\n", "NUL"),
+        (("user", "role", "ann", "root"), None, "must be one of admin, read"),
+        (("user", "delete", "nobody"), None, "no user named 'nobody'"),
+    ):
+        code, _, err = edm(*args, stdin=stdin)
+        assert code == 1 and said in err and "Traceback" not in err, (args, err)
+    assert "correct horse" not in str(scalar(database, "SELECT password_hash FROM console_users"))
+    code, out, _ = edm("user", "list", "--json")
+    assert (
+        code == 0
+        and '"name": "ann"' in out
+        and "password" not in out.replace("password_set_at", "")
+    )
+    assert edm("user", "delete", "ann")[0] == 0
+    assert users.sign_in(database, "ann", "correct horse battery") is None
