@@ -8,6 +8,7 @@ All times come from the database's clock (`NOW`).
 
 from __future__ import annotations
 
+import secrets
 from functools import lru_cache
 
 from sqlalchemy import (
@@ -16,6 +17,7 @@ from sqlalchemy import (
     TextClause,
     bindparam,
     case,
+    func,
     literal,
     literal_column,
     null,
@@ -32,6 +34,23 @@ RANDOM_KEY = {
     "postgresql": "replace(gen_random_uuid()::text, '-', '')",
     "sqlite": "lower(hex(randomblob(16)))",
 }
+
+
+
+
+def expansion_key(dialect: str, contact_id: ColumnElement[int]) -> ColumnElement[str]:
+    """The idempotency keys of one expansion: 16 random hex digits drawn for it, then the
+    contact's id moved by a random offset, in 16 hex digits. As unique as `RANDOM_KEY`
+    (the pair task, contact is), as hard to guess from outside, and in contact order: the
+    unique index on the key is filled from one place instead of at a million random
+    ones, the 6 s that were a third of making a task of a million on PostgreSQL."""
+    shifted = contact_id + secrets.randbelow(1 << 62)
+    digits = (
+        func.lpad(func.to_hex(shifted), 16, "0")
+        if dialect == "postgresql"
+        else func.printf("%016x", shifted)
+    )
+    return literal(secrets.token_hex(8)).concat(digits)
 
 
 def each(sql_by_dialect: dict[str, str]) -> dict[str, str]:
@@ -342,7 +361,7 @@ def expand_task(
             literal(task_id),
             c.c.id,
             case((active, literal("pending")), else_=literal("skipped")),
-            literal_column(RANDOM_KEY[dialect]),
+            expansion_key(dialect, c.c.id),
             case((active, null()), else_=literal("contact is ").concat(c.c.status)),
             case((active, null()), else_=literal_column(NOW[dialect])),
         )
