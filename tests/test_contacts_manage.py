@@ -8,13 +8,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, select, text
 
 from edm.contacts import add_contacts
+from edm.contacts.manage import delete_contact
+from edm.db import open_database
 from edm.db.models import Contact
+from edm.db.queries import hold_expansion_lock
 from tests.helpers import child_env, edm, make_contacts, scalar
 
 
@@ -320,6 +324,36 @@ def test_delete_is_refused_while_a_sub_task_is_sending(
     assert scalar(engine, "SELECT count(*) FROM list_members WHERE contact_id = :c", c=ann_id) == 0
     assert scalar(engine, "SELECT count(*) FROM sub_tasks") == 1  # bob's stays
     assert "no contact has the address" in failed("contacts", "delete", "ann@example.com", "--yes")
+
+
+def test_delete_waits_for_a_task_being_made_and_takes_its_new_sub_task(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No foreign key ties a sub-task to its contact: a task made while the contact is
+    # deleted must not leave a sub-task for a contact that is gone.
+    engine = open_database(pg_url)
+    add_contacts(engine, [{"email": "ann@example.com"}])
+    ann_id = scalar(engine, "SELECT id FROM contacts")
+    with engine.connect() as expansion:
+        with expansion.begin():
+            expansion.execute(
+                text("INSERT INTO tasks (name, subject, text_body, created_at)"
+                     " VALUES ('t', 's', 'x', 0)")
+            )  # fmt: skip
+            hold_expansion_lock(expansion, exclusive=False)
+            expansion.execute(
+                text("INSERT INTO sub_tasks (task_id, contact_id, idempotency_key)"
+                     " SELECT max(id), :c, 'k' FROM tasks"), {"c": ann_id},
+            )  # fmt: skip
+            deleting = threading.Thread(target=delete_contact, args=(engine, "ann@example.com"))
+            deleting.start()
+            deleting.join(0.5)
+            assert deleting.is_alive()  # waits for the expansion's commit
+        deleting.join(10)
+    assert not deleting.is_alive()
+    assert scalar(engine, "SELECT count(*) FROM contacts") == 0
+    assert scalar(engine, "SELECT count(*) FROM sub_tasks") == 0
+    engine.dispose()
 
 
 def test_deleting_a_suppressed_contact_says_its_address_is_forgotten(

@@ -136,6 +136,7 @@ def _expand(session: Session, task_id: int, audience: Audience, *, new: bool = F
     """
     conn = session.connection()
     dialect = conn.dialect.name
+    q.hold_expansion_lock(conn, exclusive=False)
     conn.execute(q.expand_task(dialect, task_id, audience_filter(conn, audience), new=new))
     pending = conn.execute(q.query(q.AUDIENCE_PENDING, dialect), {"task_id": task_id})
     if not pending.scalar_one():

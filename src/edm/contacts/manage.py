@@ -41,6 +41,7 @@ from edm.contacts.addresses import InvalidAddress, normalise_email, valid_email
 from edm.contacts.rows import MAX_FIELD_CHARS, NAME_CHARS
 from edm.contacts.shown import cut
 from edm.db.models import CONTACT_STATUSES, Contact, ContactList, ListMember, SubTask
+from edm.db.queries import hold_expansion_lock
 
 # The columns the import reads as themselves (`rows.Layout`); any other is a field.
 KNOWN_COLUMNS = ("email", "name", "status")
@@ -341,11 +342,13 @@ def _check_changes(
 def delete_contact(engine: Engine, email: str) -> ContactSummary:
     """Delete a contact with its sub-tasks and list memberships; the contact as it was.
 
-    Its sub-tasks are locked, so a worker cannot take one between the check and the
-    delete; one a worker already holds refuses the delete until it is settled. They are
-    locked before the contact, in id order, as applying an event locks them.
+    A task being made or started meanwhile is waited for: it may be adding a sub-task for
+    this contact. Its sub-tasks are locked, so a worker cannot take one between the check
+    and the delete; one a worker already holds refuses the delete until it is settled.
+    They are locked before the contact, in id order, as applying an event locks them.
     """
     with engine.begin() as conn:
+        hold_expansion_lock(conn, exclusive=True)
         contact_id = _find(conn, email).id
         held = conn.execute(
             select(SubTask.task_id, SubTask.status)
@@ -360,6 +363,7 @@ def delete_contact(engine: Engine, email: str) -> ContactSummary:
                 f"{row.email} is being sent right now (task {', '.join(map(str, busy))}):"
                 " try again in a few seconds"
             )
+        conn.execute(delete(SubTask).where(SubTask.contact_id == row.id))
         conn.execute(delete(Contact).where(Contact.id == row.id))
     return _summary(row)
 

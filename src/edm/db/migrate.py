@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DatabaseError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # The newest revision in migrations/versions; tests check the two agree.
-HEAD_REVISION = "0009"
+HEAD_REVISION = "0010"
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -37,12 +37,37 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            # Concurrent instances starting together must not race on the DDL.
-            connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7270533)")
-        config.attributes["connection"] = connection
-        command.upgrade(config, revision)
+    with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            # A migration that copies a table drops the old one, and with foreign keys on
+            # SQLite first deletes its rows, cascading to the tables that refer to it. The
+            # pragma is refused inside a transaction: set before ours begins.
+            connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
+        try:
+            with connection.begin():
+                if not sqlite:
+                    # Concurrent instances starting together must not race on the DDL.
+                    connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7270533)")
+                config.attributes["connection"] = connection
+                command.upgrade(config, revision)
+                if sqlite:
+                    _check_references(connection)
+        finally:
+            if sqlite:
+                connection.connection.driver_connection.execute("PRAGMA foreign_keys=ON")
+
+
+def _check_references(connection: Connection) -> None:
+    """What SQLite did not check while its foreign keys were off: refuse the upgrade
+    (rolled back) rather than keep a row that points nowhere."""
+    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+    if broken:
+        table, rowid, parent, _ = broken[0]
+        raise RuntimeError(
+            f"migration left {len(broken)} row(s) pointing nowhere,"
+            f" the first: {table} rowid {rowid} -> {parent}"
+        )
 
 
 def script_head() -> str | None:

@@ -200,17 +200,18 @@ class SubTask(Base):
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
+    # No foreign keys from here (see migration 0010): they are checked row by row, most
+    # of the time a task of a million took to make. Tasks and services are never deleted;
+    # `delete_contact` deletes a contact's sub-tasks with it.
+    task_id: Mapped[int] = mapped_column(BigId)
     # Indexed: what suppressed a contact, and deleting one, look its sub-tasks up.
-    contact_id: Mapped[int] = mapped_column(
-        ForeignKey("contacts.id", ondelete="CASCADE"), index=True
-    )
+    contact_id: Mapped[int] = mapped_column(BigId, index=True)
     status: Mapped[str] = mapped_column(String(20), server_default="pending")
     # The service that has (or last had) the sub-task; `pinned_service_id` forces the
     # next attempt onto one service, so a resend with the same key reaches the provider
     # that can recognise it.
-    service_id: Mapped[int | None] = mapped_column(ForeignKey("services.id"))
-    pinned_service_id: Mapped[int | None] = mapped_column(ForeignKey("services.id"))
+    service_id: Mapped[int | None] = mapped_column(BigId)
+    pinned_service_id: Mapped[int | None] = mapped_column(BigId)
     lease_token: Mapped[str | None] = mapped_column(String(32))
     # "<instance id>/<service id>" of the worker holding the claim: when that instance's
     # heartbeat stops, or that worker is restarted, its claims are released at once

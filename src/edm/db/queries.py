@@ -13,6 +13,7 @@ from functools import lru_cache
 
 from sqlalchemy import (
     ColumnElement,
+    Connection,
     Insert,
     TextClause,
     bindparam,
@@ -34,8 +35,6 @@ RANDOM_KEY = {
     "postgresql": "replace(gen_random_uuid()::text, '-', '')",
     "sqlite": "lower(hex(randomblob(16)))",
 }
-
-
 
 
 def expansion_key(dialect: str, contact_id: ColumnElement[int]) -> ColumnElement[str]:
@@ -337,6 +336,19 @@ COMPLETE_TASKS = both("""
 START_SCHEDULED = both("""
     UPDATE tasks SET status = 'running', started_at = {now}
     WHERE status = 'scheduled' AND scheduled_at <= {now}""")
+
+
+# An expansion reads contacts and writes their sub-tasks; deleting a contact deletes its
+# sub-tasks. No foreign key ties the two (migration 0010), so they wait for each other
+# instead: an expansion holds this lock shared, a delete exclusively, from before its
+# first read. SQLite runs one write transaction at a time already.
+_EXPANSION_LOCK = 7270534
+
+
+def hold_expansion_lock(conn: Connection, *, exclusive: bool) -> None:
+    if conn.dialect.name == "postgresql":
+        how = "" if exclusive else "_shared"
+        conn.execute(text(f"SELECT pg_advisory_xact_lock{how}({_EXPANSION_LOCK})"))
 
 
 def expand_task(

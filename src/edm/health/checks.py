@@ -541,9 +541,10 @@ class CachedChecks:
                 return self._results
         if not self._results or self.seconds == 0:  # 0: no cache, always run now
             return self.results()
+        last = self._results  # before a refresh that may end before this returns
         if time.monotonic() - self._at >= self.seconds and self._lock.acquire(blocking=False):
             threading.Thread(target=self._refresh, name="health-checks", daemon=True).start()
-        return self._results
+        return last
 
     def changed(self) -> None:
         """Something the checks look at was just changed here (a service frozen from the
