@@ -173,6 +173,16 @@ def forget_events(engine: Engine) -> None:
             )
         )
         conn.execute(text("UPDATE contacts SET status = 'active', status_reason = NULL"))
+        conn.execute(text("DELETE FROM task_funnels"))
+
+
+def funnels_kept(engine: Engine) -> bool:
+    """Whether every task's kept funnel is what counting its sub-tasks gives."""
+    from edm.db.queries import FUNNELS_NOT_KEPT, query
+
+    with engine.connect() as conn:
+        drifted = conn.execute(query(FUNNELS_NOT_KEPT, engine.dialect.name), {"limit": 10})
+        return not drifted.all()
 
 
 def shuffled_requests(bodies: list[dict], seed: int, most: int) -> list[object]:

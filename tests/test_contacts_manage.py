@@ -19,7 +19,9 @@ from edm.contacts.manage import delete_contact
 from edm.db import open_database
 from edm.db.models import Contact
 from edm.db.queries import hold_expansion_lock
-from tests.helpers import child_env, edm, make_contacts, scalar
+from edm.funnels import keeping_funnels
+from edm.task_views import task_funnel
+from tests.helpers import child_env, edm, funnels_kept, make_contacts, scalar
 
 
 def contacts(engine: Engine) -> dict[str, tuple]:
@@ -324,6 +326,24 @@ def test_delete_is_refused_while_a_sub_task_is_sending(
     assert scalar(engine, "SELECT count(*) FROM list_members WHERE contact_id = :c", c=ann_id) == 0
     assert scalar(engine, "SELECT count(*) FROM sub_tasks") == 1  # bob's stays
     assert "no contact has the address" in failed("contacts", "delete", "ann@example.com", "--yes")
+
+
+def test_deleting_a_contact_takes_its_facts_out_of_the_task_funnel(
+    ann: None, engine: Engine
+) -> None:
+    ok("contacts", "add", "bob@example.com", "--list", "news")
+    task = json.loads(ok("task", "create", "t", "--subject", "s", "--text", "x", "--json"))
+    ann_id = shown("ann@example.com")["id"]
+    with engine.begin() as conn, keeping_funnels(conn, [1, 2]):  # both delivered, ann opened
+        conn.execute(text("UPDATE sub_tasks SET status = 'sent', delivered_at = 1"))
+        conn.execute(
+            text("UPDATE sub_tasks SET opened_at = 2 WHERE contact_id = :c"), {"c": ann_id}
+        )
+    assert task_funnel(engine, task["id"])["delivered"] == 2
+    ok("contacts", "delete", "ann@example.com", "--yes")
+    funnel = task_funnel(engine, task["id"])
+    assert (funnel["delivered"], funnel["opened"]) == (1, 0)
+    assert funnels_kept(engine)
 
 
 def test_delete_waits_for_a_task_being_made_and_takes_its_new_sub_task(

@@ -16,7 +16,14 @@ from edm import services as services_mod
 from edm import tasks as tasks_mod
 from edm.events import pipeline
 from edm.events.intake import log_request
-from tests.helpers import forget_events, generic_event, make_contacts, scalar, shuffled_requests
+from tests.helpers import (
+    forget_events,
+    funnels_kept,
+    generic_event,
+    make_contacts,
+    scalar,
+    shuffled_requests,
+)
 
 FACTS = (
     "status",
@@ -109,6 +116,7 @@ def test_any_order_and_repetition_gives_the_same_state(engine: Engine) -> None:
             thread.join()
         assert not errors, errors
         assert _state(engine) == expected
+        assert funnels_kept(engine)  # three appliers at once, each adding what it changed
         applied = scalar(engine, "SELECT count(*) FROM events WHERE status = 'applied'")
         assert applied == len(bodies)
 

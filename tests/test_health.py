@@ -23,6 +23,7 @@ from edm.events.pipeline import process_batch
 from edm.health.checks import CRITICAL, OK, WARN, CachedChecks, CheckResult, run_checks
 from edm.health.repair import repair
 from edm.scheduler.maintenance import run_upkeep
+from edm.task_views import task_funnel
 from tests.api_server import api_server, emptied
 from tests.helpers import Worker, edm, make_contacts, wait_for
 
@@ -287,7 +288,24 @@ def test_invariants_broken_by_hand_are_critical(database: Engine, client: httpx.
         "sent_without_attempt": 1,
         "facts_not_from_events": 0,
         "suppressed_without_cause": 0,
+        "funnels_not_kept": 0,
     }
+    with database.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO send_attempts (sub_task_id, service_id, lease_token,"
+                " started_at, finished_at, outcome) VALUES (2, 1, 'l', 1, 2, 'sent')"
+            )
+        )
+        # the funnel a task page reads, changed by hand
+        conn.execute(text("UPDATE task_funnels SET opened = 7 WHERE task_id = :t"), {"t": task_id})
+    result = check(database, "invariants")
+    assert result.status == CRITICAL and result.value["funnels_not_kept"] == 1
+    assert "1 tasks whose kept funnel differs from their sub-tasks' facts" in result.message
+    repaired = {r.kind: r for r in repair(database, SETTINGS)}["funnels"]
+    assert repaired.count == 1 and f"funnels of tasks {task_id} counted again" in repaired.detail
+    assert check(database, "invariants").status == OK
+    assert task_funnel(database, task_id)["opened"] == 1
 
 
 def test_a_contact_suppressed_by_hand_is_critical_until_reactivated(database: Engine) -> None:

@@ -51,13 +51,13 @@ ROWS_OF_0009 = [
     " VALUES (1, 'one', 'sandbox', '{}', 0)",
     "INSERT INTO tasks (id, name, subject, text_body, created_at) VALUES (1, 't', 's', 'x', 0)",
     "INSERT INTO sub_tasks (id, task_id, contact_id, service_id, status, idempotency_key,"
-    " sent_at) VALUES (1, 1, 1, 1, 'sent', 'k1', 5)",
+    " sent_at, delivered_at) VALUES (1, 1, 1, 1, 'sent', 'k1', 5, 6)",
     "INSERT INTO send_attempts (sub_task_id, service_id, lease_token, started_at,"
     " finished_at, outcome) VALUES (1, 1, 'l', 1, 2, 'sent')",
 ]
 
 
-def test_the_upgrade_that_copies_sub_tasks_keeps_every_row_and_index(
+def test_upgrading_a_database_of_0009_keeps_every_row_and_index(
     new_database: Engine,
 ) -> None:
     # Migration 0010 drops the sub-tasks' foreign keys; SQLite does it by copying the
@@ -74,6 +74,8 @@ def test_the_upgrade_that_copies_sub_tasks_keeps_every_row_and_index(
         assert conn.execute(text("SELECT count(*) FROM send_attempts")).scalar() == 1
         kept = conn.execute(text("SELECT task_id, contact_id, status FROM sub_tasks")).all()
         assert [tuple(row) for row in kept] == [(1, 1, "sent")]
+        funnel = conn.execute(text("SELECT task_id, delivered, opened FROM task_funnels")).all()
+        assert [tuple(row) for row in funnel] == [(1, 1, 0)]  # counted by migration 0011
     schema = inspect(new_database)
     assert schema.get_foreign_keys("sub_tasks") == []
     referred = sorted(fk["referred_table"] for fk in schema.get_foreign_keys("send_attempts"))

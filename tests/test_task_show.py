@@ -152,6 +152,7 @@ def test_counts_funnel_and_shown_states_from_one_read_agree_with_each_row(
     funnel and the shown states `task show` gives are those of the rows one by one."""
     import itertools
 
+    from edm.funnels import keeping_funnels
     from edm.task_views import FUNNEL_FACTS, show_task, task_funnel
 
     facts = ("delivered_at", "opened_at", "clicked_at", "complained_at", "unsubscribed_at")
@@ -166,18 +167,19 @@ def test_counts_funnel_and_shown_states_from_one_read_agree_with_each_row(
     with engine.begin() as conn:
         ids = [r[0] for r in conn.execute(text("SELECT id FROM sub_tasks ORDER BY id"))]
         rows = []
-        for sub_task_id, (status, present, bounce) in zip(ids, combos, strict=True):
-            row = {"id": sub_task_id, "status": status, "bounce_type": bounce, **present}
-            rows.append(row)
-            conn.execute(
-                text(
-                    "UPDATE sub_tasks SET status = :status, bounce_type = :bounce_type,"
-                    " delivered_at = :delivered_at, opened_at = :opened_at,"
-                    " clicked_at = :clicked_at, complained_at = :complained_at,"
-                    " unsubscribed_at = :unsubscribed_at WHERE id = :id"
-                ),
-                row,
-            )
+        with keeping_funnels(conn, ids):  # the kept funnel follows each change
+            for sub_task_id, (status, present, bounce) in zip(ids, combos, strict=True):
+                row = {"id": sub_task_id, "status": status, "bounce_type": bounce, **present}
+                rows.append(row)
+                conn.execute(
+                    text(
+                        "UPDATE sub_tasks SET status = :status, bounce_type = :bounce_type,"
+                        " delivered_at = :delivered_at, opened_at = :opened_at,"
+                        " clicked_at = :clicked_at, complained_at = :complained_at,"
+                        " unsubscribed_at = :unsubscribed_at WHERE id = :id"
+                    ),
+                    row,
+                )
     view = show_task(engine, task_id)
 
     expected_shown: dict[str, int] = {}

@@ -11,21 +11,14 @@ from dataclasses import asdict, dataclass, field
 from sqlalchemy import Connection, Engine, text
 
 from edm.db import queries as q
+from edm.funnels import FACTS as FUNNEL_FACTS
+from edm.funnels import kept_funnel
 
 # Failure reasons listed per task, and how much of each message is shown: provider
 # replies can be long and may quote an address.
 REASONS_SHOWN = 10
 REASON_CHARS = 160
 RATE_WINDOW_SECONDS = 60.0
-FUNNEL_FACTS = (
-    "delivered",
-    "opened",
-    "clicked",
-    "hard_bounced",
-    "soft_bounced",
-    "complained",
-    "unsubscribed",
-)
 
 
 class TaskNotFound(ValueError):
@@ -88,10 +81,10 @@ def show_task(engine: Engine, task_id: int, *, tallied: bool = True) -> TaskView
 
 
 def task_funnel(engine: Engine, task_id: int) -> dict[str, int]:
-    """Unique sub-tasks of the task with each delivery fact (see TaskView.funnel)."""
+    """Unique sub-tasks of the task with each delivery fact (see TaskView.funnel), as kept
+    in `task_funnels`: one row, where counting reads every sub-task."""
     with engine.connect() as conn:
-        facts = conn.execute(q.query(q.TASK_FUNNEL, conn.dialect.name), {"task_id": task_id})
-        return {name: int(value or 0) for name, value in facts.one()._mapping.items()}
+        return kept_funnel(conn, task_id)
 
 
 def list_tasks(engine: Engine) -> list[TaskView]:

@@ -42,6 +42,7 @@ from edm.contacts.rows import MAX_FIELD_CHARS, NAME_CHARS
 from edm.contacts.shown import cut
 from edm.db.models import CONTACT_STATUSES, Contact, ContactList, ListMember, SubTask
 from edm.db.queries import hold_expansion_lock
+from edm.funnels import keeping_funnels
 
 # The columns the import reads as themselves (`rows.Layout`); any other is a field.
 KNOWN_COLUMNS = ("email", "name", "status")
@@ -351,19 +352,20 @@ def delete_contact(engine: Engine, email: str) -> ContactSummary:
         hold_expansion_lock(conn, exclusive=True)
         contact_id = _find(conn, email).id
         held = conn.execute(
-            select(SubTask.task_id, SubTask.status)
+            select(SubTask.id, SubTask.task_id, SubTask.status)
             .where(SubTask.contact_id == contact_id)
             .order_by(SubTask.id)
             .with_for_update()
         ).all()
         row = _find(conn, email, lock=True)
-        busy = sorted({task_id for task_id, status in held if status in IN_FLIGHT})
+        busy = sorted({task_id for _, task_id, status in held if status in IN_FLIGHT})
         if busy:
             raise ContactBusy(
                 f"{row.email} is being sent right now (task {', '.join(map(str, busy))}):"
                 " try again in a few seconds"
             )
-        conn.execute(delete(SubTask).where(SubTask.contact_id == row.id))
+        with keeping_funnels(conn, [sub_task_id for sub_task_id, _, _ in held]):
+            conn.execute(delete(SubTask).where(SubTask.contact_id == row.id))
         conn.execute(delete(Contact).where(Contact.id == row.id))
     return _summary(row)
 

@@ -6,7 +6,7 @@ whatever the size of the installation's history.
 
 from __future__ import annotations
 
-from edm.db.queries import both
+from edm.db.queries import DRIFTED_FUNNELS, both
 
 # Enabled, unfrozen services and the last beat of a running worker for each, from any
 # instance.
@@ -152,7 +152,8 @@ INVARIANTS = both(f"""
          AND NOT EXISTS (SELECT 1 FROM send_attempts a WHERE a.sub_task_id = s.id))
           AS sent_without_attempt,
       (SELECT count(*) FROM ({_MISMATCHED_FACTS}) m) AS facts_not_from_events,
-      (SELECT count(*) FROM ({_SUPPRESSED_WITHOUT_CAUSE}) u) AS suppressed_without_cause""")
+      (SELECT count(*) FROM ({_SUPPRESSED_WITHOUT_CAUSE}) u) AS suppressed_without_cause,
+      (SELECT count(*) FROM ({DRIFTED_FUNNELS}) f) AS funnels_not_kept""")
 
 MISMATCHED_FACTS = both(_MISMATCHED_FACTS + " ORDER BY s.id LIMIT :limit")
 

@@ -437,6 +437,25 @@ class ListMember(Base):
     added_at: Mapped[float] = mapped_column(Float)
 
 
+class TaskFunnel(Base):
+    """A task's funnel: its sub-tasks with each delivery fact, kept as facts are applied
+    (`edm.funnels`) so that a page need not read every sub-task of a task of a million.
+    The invariants check recounts it; the repair loop counts it again if it drifts."""
+
+    __tablename__ = "task_funnels"
+
+    task_id: Mapped[int] = mapped_column(
+        ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True
+    )
+    delivered: Mapped[int] = mapped_column(Integer, server_default="0")
+    opened: Mapped[int] = mapped_column(Integer, server_default="0")
+    clicked: Mapped[int] = mapped_column(Integer, server_default="0")
+    hard_bounced: Mapped[int] = mapped_column(Integer, server_default="0")
+    soft_bounced: Mapped[int] = mapped_column(Integer, server_default="0")
+    complained: Mapped[int] = mapped_column(Integer, server_default="0")
+    unsubscribed: Mapped[int] = mapped_column(Integer, server_default="0")
+
+
 class TaskList(Base):
     """A list a task sends to, or (`excluded`) whose members it leaves out."""
 

@@ -9,6 +9,7 @@ from sqlalchemy import Connection
 
 from edm.db import event_queries as eq
 from edm.db.queries import query
+from edm.funnels import keeping_funnels
 
 # Events that suppress the contact: (contact status, reason). The reasons name no
 # sub-task or time, so the final state is the same whichever event came first.
@@ -50,8 +51,9 @@ def apply_facts(
                 "provider_message_id": fact.provider_message_id,
             }
         )
-    for kind, params in by_kind.items():
-        conn.execute(query(eq.APPLY_FACT[kind], dialect), params)
+    with keeping_funnels(conn, [fact.sub_task_id for fact in ordered]):
+        for kind, params in by_kind.items():
+            conn.execute(query(eq.APPLY_FACT[kind], dialect), params)
     for fact in ordered:
         suppression = _suppression(conn, fact, soft_bounces)
         if suppression:

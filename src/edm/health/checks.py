@@ -473,6 +473,7 @@ VIOLATIONS = {
     "facts_not_from_events": "sub-tasks whose delivery facts differ from their applied events",
     "suppressed_without_cause": "suppressed contacts with no event or operator action behind"
     " it (`edm contacts reactivate EMAIL` if it is wrong)",
+    "funnels_not_kept": "tasks whose kept funnel differs from their sub-tasks' facts",
 }
 
 

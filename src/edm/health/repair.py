@@ -20,13 +20,17 @@ from sqlalchemy import Engine
 
 from edm.config import Settings
 from edm.db import health_queries as hq
+from edm.db import queries as q
 from edm.db.queries import SELECT_NOW, query
+from edm.funnels import keeping_funnels
 from edm.health.checks import CRITICAL, reputations
 
 log = logging.getLogger(__name__)
 
 # Sub-tasks whose facts one run rewrites at most.
 FACTS_PER_RUN = 10_000
+# Tasks whose funnel one run counts again at most.
+FUNNELS_PER_RUN = 100
 
 INSTANCE = f"{socket.gethostname()}-{os.getpid()}"
 
@@ -87,6 +91,7 @@ def scheduled(engine: Engine, settings: Settings) -> list[Repair]:
     """The repairs upkeep runs every EDM_REPAIR_SECONDS rather than every pass."""
     return [
         _facts(engine, dry_run=False),
+        _funnels(engine, dry_run=False),
         _unfreeze_expired(engine, dry_run=False),
         _reputation_freeze(engine, settings, dry_run=False),
     ]
@@ -136,6 +141,7 @@ def _would(engine: Engine, settings: Settings) -> list[Repair]:
         Repair("unknown", int(unknown.rows), "unknown outcomes the reconciler would look at"),
         Repair("events", int(events or 0), "unmatched or failed events to retry"),
         _facts(engine, dry_run=True),
+        _funnels(engine, dry_run=True),
         _unfreeze_expired(engine, dry_run=True),
         _reputation_freeze(engine, settings, dry_run=True),
     ]
@@ -162,7 +168,8 @@ def _facts(engine: Engine, dry_run: bool) -> Repair:
             conn.execute(query(hq.MISMATCHED_FACTS, dialect), {"limit": FACTS_PER_RUN}).scalars()
         )
         if ids and not dry_run:
-            conn.execute(query(hq.REDERIVE_FACTS, dialect, "ids"), {"ids": ids})
+            with keeping_funnels(conn, ids):
+                conn.execute(query(hq.REDERIVE_FACTS, dialect, "ids"), {"ids": ids})
     shown = ", ".join(str(i) for i in ids[:20]) + (" ..." if len(ids) > 20 else "")
     verb = "would be set again" if dry_run else "set again"
     detail = (
@@ -171,6 +178,27 @@ def _facts(engine: Engine, dry_run: bool) -> Repair:
         else "every sub-task's delivery facts match its applied events"
     )
     return Repair("facts", len(ids), detail)
+
+
+def _funnels(engine: Engine, dry_run: bool) -> Repair:
+    """Tasks whose kept funnel (`edm.funnels`) is not what their sub-tasks say: counted
+    again. After the facts' repair, so that it counts facts set right."""
+    dialect = engine.dialect.name
+    with engine.begin() as conn:
+        ids = list(
+            conn.execute(query(q.FUNNELS_NOT_KEPT, dialect), {"limit": FUNNELS_PER_RUN}).scalars()
+        )
+        if ids and not dry_run:
+            for statement in q.RECOUNT_FUNNELS:
+                conn.execute(query(statement, dialect, "ids"), {"ids": ids})
+    shown = ", ".join(str(i) for i in ids)
+    verb = "would be counted again" if dry_run else "counted again"
+    detail = (
+        f"funnels of tasks {shown} {verb} from their sub-tasks"
+        if ids
+        else "every task's kept funnel matches its sub-tasks"
+    )
+    return Repair("funnels", len(ids), detail)
 
 
 def _unfreeze_expired(engine: Engine, dry_run: bool) -> Repair:
