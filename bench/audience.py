@@ -156,6 +156,11 @@ def make_running(engine: Engine) -> None:
                    finished_at = extract(epoch from now())
             WHERE task_id = 1 AND status = 'pending' AND id % 100 = 45""")
         )
+        # The funnel the events would have kept (`edm.funnels`), counted once.
+        from edm.db.queries import RECOUNT_FUNNELS, query
+
+        for statement in RECOUNT_FUNNELS:
+            conn.execute(query(statement, "postgresql", "ids"), {"ids": [1]})
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("VACUUM ANALYZE sub_tasks"))
 
