@@ -119,6 +119,7 @@ def test_two_instances_send_one_alert_and_one_recovery(
             EDM_ALERT_WEBHOOKS=receiver.url,
             EDM_ALERT_SECONDS="0.2",
             EDM_ALERT_RETRY_BASE_SECONDS="0.1",
+            EDM_HEALTH_INVARIANTS_SECONDS="0",
         )
         workers = [Worker(fast, tmp_path / "a"), Worker(fast, tmp_path / "b")]
         try:

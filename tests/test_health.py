@@ -27,7 +27,12 @@ from edm.task_views import task_funnel
 from tests.api_server import api_server, emptied
 from tests.helpers import Worker, edm, make_contacts, wait_for
 
-SETTINGS = Settings(health_heartbeat_seconds=5.0, maintenance_seconds=0.2, health_cache_seconds=0)
+SETTINGS = Settings(
+    health_heartbeat_seconds=5.0,
+    maintenance_seconds=0.2,
+    health_cache_seconds=0,
+    health_invariants_seconds=0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +51,8 @@ def database(db: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
     get_settings.cache_clear()
 
 
-def check(engine: Engine, name: str) -> CheckResult:
-    return next(result for result in run_checks(engine, SETTINGS) if result.name == name)
+def check(engine: Engine, name: str, settings: Settings = SETTINGS) -> CheckResult:
+    return next(result for result in run_checks(engine, settings) if result.name == name)
 
 
 def beat(engine: Engine, service_id: int, age: float = 0.0) -> None:
@@ -306,6 +311,24 @@ def test_invariants_broken_by_hand_are_critical(database: Engine, client: httpx.
     assert repaired.count == 1 and f"funnels of tasks {task_id} counted again" in repaired.detail
     assert check(database, "invariants").status == OK
     assert task_funnel(database, task_id)["opened"] == 1
+
+
+def test_invariants_that_hold_are_recounted_once_per_period_and_a_violation_each_time(
+    database: Engine,
+) -> None:
+    hourly = SETTINGS.model_copy(update={"health_invariants_seconds": 3600})
+    task_id = running_task(database, contacts=3)
+    send_all(database)
+    assert check(database, "invariants", hourly).status == OK
+    with database.begin() as conn:  # broken by hand after a recount that held
+        conn.execute(text("INSERT INTO task_funnels (task_id, opened) VALUES (:t, 7)"), {"t": task_id})
+    held = check(database, "invariants", hourly)
+    assert held.status == OK and held.message.startswith("every invariant held when last")
+    assert check(database, "invariants").status == CRITICAL  # recounted: period 0
+    broken = check(database, "invariants", hourly)  # a violation is not kept for the hour
+    assert broken.status == CRITICAL and broken.value["funnels_not_kept"] == 1
+    repair(database, SETTINGS)
+    assert check(database, "invariants", hourly).message == "every invariant holds"
 
 
 def test_a_contact_suppressed_by_hand_is_critical_until_reactivated(database: Engine) -> None:

@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     health_heartbeat_seconds: float = Field(
         15.0, gt=0, description="a service without a heartbeat this long has no live worker"
     )
+    health_invariants_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="how often a process recounts the invariants while they hold",
+    )
     health_lease_critical_rows: int = Field(100, ge=0)
     health_lease_critical_seconds: float = Field(600.0, gt=0)
     health_queue_warn_seconds: float = Field(300.0, gt=0)
