@@ -10,7 +10,8 @@ Usage: `./dev bench audience [--rows N] [--quick] [--db sqlite|postgresql|both]`
    `--lists A --where 'city = "Paris"'` (list A holds every contact; one in eight lives in
    Paris), each timed as a new process.
 3. Read (PostgreSQL): the first task is made `running` with 40% of its rows sent over the
-   last six hours (three quarters of those delivered, a quarter opened) and 1% failed, then the
+   last six hours (three quarters of those delivered, a quarter opened) and 1% failed, with
+   their send attempts and applied events (every invariant holds), then the
    database time of `edm task show` (its counts, funnel, reasons and ETA) and of the
    console's dashboard (running tasks with their ETA, services), the wall time of the
    reads of the console's task page, and the time the console's dashboard and task page
@@ -130,7 +131,10 @@ def fill_list(engine: Engine) -> None:
 
 
 def make_running(engine: Engine) -> None:
-    """Task 1 running for six hours: 40% sent (3/4 delivered, 1/4 opened), 1% failed."""
+    """Task 1 running for six hours: 40% sent (3/4 delivered, 1/4 opened), 1% failed, with
+    the send attempts and the applied events behind them; every invariant holds."""
+    from edm.health.checks import recount_invariants
+
     with engine.begin() as conn:
         conn.execute(
             text(
@@ -156,13 +160,38 @@ def make_running(engine: Engine) -> None:
                    finished_at = extract(epoch from now())
             WHERE task_id = 1 AND status = 'pending' AND id % 100 = 45""")
         )
+        # What a worker and the webhooks would have left with them: a send attempt per sent
+        # row, an applied event per delivery fact. Without them the invariants would not
+        # hold, and the repair loop of the server measured below would rewrite the facts.
+        conn.execute(
+            text("""
+            INSERT INTO send_attempts (sub_task_id, service_id, lease_token, started_at,
+                                       finished_at, outcome, provider_message_id)
+            SELECT id, 1, 'bench', sent_at, sent_at, 'sent', provider_message_id
+            FROM sub_tasks WHERE task_id = 1 AND status = 'sent'""")
+        )
+        for event, column in (("delivered", "delivered_at"), ("opened", "opened_at")):
+            conn.execute(
+                text(f"""
+                INSERT INTO events (provider, dedupe_key, event, occurred_at, status, data,
+                                    sub_task_id, matched_by, provider_message_id, created_at,
+                                    applied_at)
+                SELECT 'sandbox', '{event}-' || id, '{event}', {column}, 'applied', '{{}}', id,
+                       'provider_message_id', provider_message_id, {column}, {column}
+                FROM sub_tasks WHERE task_id = 1 AND {column} IS NOT NULL""")
+            )
         # The funnel the events would have kept (`edm.funnels`), counted once.
         from edm.db.queries import RECOUNT_FUNNELS, query
 
         for statement in RECOUNT_FUNNELS:
             conn.execute(query(statement, "postgresql", "ids"), {"ids": [1]})
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text("VACUUM ANALYZE sub_tasks"))
+        for table in ("sub_tasks", "send_attempts", "events"):
+            conn.execute(text(f"VACUUM ANALYZE {table}"))
+    with engine.connect() as conn:
+        held = recount_invariants(conn)
+    if held.status != "ok":
+        raise SystemExit(f"the running task breaks an invariant: {held.message}")
 
 
 def database_seconds(engine: Engine, read: Callable[[], object]) -> float:

@@ -247,7 +247,17 @@ class SendAttempt(Base):
 
     __tablename__ = "send_attempts"
     # Send success rate: a service's calls lately.
-    __table_args__ = (Index("ix_send_attempts_service_finished", "service_id", "finished_at"),)
+    __table_args__ = (
+        Index("ix_send_attempts_service_finished", "service_id", "finished_at"),
+        # A service's accepted sends lately (its measured pace), from the index alone.
+        Index(
+            "ix_send_attempts_service_sent",
+            "service_id",
+            "finished_at",
+            sqlite_where=text("outcome = 'sent'"),
+            postgresql_where=text("outcome = 'sent'"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     sub_task_id: Mapped[int] = mapped_column(

@@ -498,7 +498,7 @@ def _invariants(conn: Connection, settings: Settings, now: float) -> CheckResult
             "no violation",
             f"every invariant held when last recounted, {age:.0f} s ago",
         )
-    result = _recount_invariants(conn)
+    result = recount_invariants(conn)
     with _HELD_LOCK:
         if result.status == OK:
             _HELD[database] = time.monotonic()
@@ -507,7 +507,7 @@ def _invariants(conn: Connection, settings: Settings, now: float) -> CheckResult
     return result
 
 
-def _recount_invariants(conn: Connection) -> CheckResult:
+def recount_invariants(conn: Connection) -> CheckResult:
     row = conn.execute(query(hq.INVARIANTS, conn.dialect.name)).one()
     counts = {name: int(getattr(row, name)) for name in VIOLATIONS}
     threshold = "no violation"
