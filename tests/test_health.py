@@ -321,7 +321,9 @@ def test_invariants_that_hold_are_recounted_once_per_period_and_a_violation_each
     send_all(database)
     assert check(database, "invariants", hourly).status == OK
     with database.begin() as conn:  # broken by hand after a recount that held
-        conn.execute(text("INSERT INTO task_funnels (task_id, opened) VALUES (:t, 7)"), {"t": task_id})
+        conn.execute(
+            text("INSERT INTO task_funnels (task_id, opened) VALUES (:t, 7)"), {"t": task_id}
+        )
     held = check(database, "invariants", hourly)
     assert held.status == OK and held.message.startswith("every invariant held when last")
     assert check(database, "invariants").status == CRITICAL  # recounted: period 0
@@ -329,6 +331,26 @@ def test_invariants_that_hold_are_recounted_once_per_period_and_a_violation_each
     assert broken.status == CRITICAL and broken.value["funnels_not_kept"] == 1
     repair(database, SETTINGS)
     assert check(database, "invariants", hourly).message == "every invariant holds"
+
+
+def test_the_loops_sweep_facts_once_per_period_while_the_sweeps_find_nothing(
+    database: Engine,
+) -> None:
+    from edm.health.repair import scheduled
+
+    hourly = SETTINGS.model_copy(update={"health_invariants_seconds": 3600})
+    running_task(database, contacts=3)
+    send_all(database)
+    scheduled(database, hourly, sweep=True)  # clean
+    with database.begin() as conn:
+        conn.execute(text("UPDATE sub_tasks SET open_count = 9 WHERE id = 1"))
+    assert "facts" not in {r.kind for r in scheduled(database, hourly)}  # not due for an hour
+    found = {r.kind: r.count for r in scheduled(database, SETTINGS)}  # period 0: due
+    assert (found["facts"], found["funnels"]) == (1, 0)
+    with database.begin() as conn:
+        conn.execute(text("UPDATE sub_tasks SET open_count = 9 WHERE id = 1"))
+    # The last sweep found something: the next is due whatever the period.
+    assert {r.kind: r.count for r in scheduled(database, hourly)}["facts"] == 1
 
 
 def test_a_contact_suppressed_by_hand_is_critical_until_reactivated(database: Engine) -> None:
@@ -488,7 +510,9 @@ def test_a_running_worker_repairs_facts_by_itself(
 
     with engine.begin() as conn:
         conn.execute(text("UPDATE sub_tasks SET open_count = 9 WHERE id = 1"))
-    worker = Worker({**env, "EDM_REPAIR_SECONDS": "0.3"}, tmp_path)
+    worker = Worker(
+        {**env, "EDM_REPAIR_SECONDS": "0.3", "EDM_HEALTH_INVARIANTS_SECONDS": "0"}, tmp_path
+    )
     try:
         wait_for(lambda: broken() == 0, 15, "the facts repaired at start-up")
         with engine.begin() as conn:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -56,7 +57,11 @@ def repair(
     report = UpkeepReport()
     reap(engine, report, settings)
     reconcile(engine, report, settings)
-    done = [*upkeep_repairs(report), _events(engine, settings), *scheduled(engine, settings)]
+    done = [
+        *upkeep_repairs(report),
+        _events(engine, settings),
+        *scheduled(engine, settings, sweep=True),
+    ]
     record(engine, done, instance)
     return done
 
@@ -87,11 +92,29 @@ def upkeep_repairs(report: Any) -> list[Repair]:
     ]
 
 
-def scheduled(engine: Engine, settings: Settings) -> list[Repair]:
-    """The repairs upkeep runs every EDM_REPAIR_SECONDS rather than every pass."""
+# The facts' and the funnels' repairs look through the whole history: seconds of the
+# database at a million sub-tasks with their events. The loops sweep once per
+# EDM_HEALTH_INVARIANTS_SECONDS while the sweeps find nothing, every EDM_REPAIR_SECONDS
+# while they do; `edm repair` always sweeps.
+_SWEPT_CLEAN: dict[str, float] = {}  # database URL -> monotonic time of the last clean sweep
+
+
+def scheduled(engine: Engine, settings: Settings, *, sweep: bool | None = None) -> list[Repair]:
+    """The repairs upkeep runs every EDM_REPAIR_SECONDS rather than every pass; the sweeps
+    when `sweep`, or (None) when due."""
+    database = engine.url.render_as_string()
+    if sweep is None:
+        clean_at = _SWEPT_CLEAN.get(database)
+        sweep = (
+            clean_at is None or time.monotonic() - clean_at >= settings.health_invariants_seconds
+        )
+    swept = [_facts(engine, dry_run=False), _funnels(engine, dry_run=False)] if sweep else []
+    if sweep and not any(r.count for r in swept):
+        _SWEPT_CLEAN[database] = time.monotonic()
+    elif sweep:
+        _SWEPT_CLEAN.pop(database, None)
     return [
-        _facts(engine, dry_run=False),
-        _funnels(engine, dry_run=False),
+        *swept,
         _unfreeze_expired(engine, dry_run=False),
         _reputation_freeze(engine, settings, dry_run=False),
     ]

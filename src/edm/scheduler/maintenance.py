@@ -154,7 +154,7 @@ def run_upkeep(
     done = repairs.upkeep_repairs(report)
     if repair:
         scheduled = repairs.scheduled(engine, settings or get_settings())
-        report.facts_repaired = next(r.count for r in scheduled if r.kind == "facts")
+        report.facts_repaired = next((r.count for r in scheduled if r.kind == "facts"), 0)
         done += scheduled
     repairs.record(engine, done)
     if report.changed():

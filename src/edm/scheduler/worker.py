@@ -118,6 +118,9 @@ class ServiceWorker:
                     self._capacity.clear()
                     await self._capacity.wait()
                     continue
+                # Cleared before the claim, not before the sleep: a wake-up (a NOTIFY of new
+                # work) that arrives while the claim looks finds the sleep cut short.
+                self._wake.clear()
                 taken = await asyncio.to_thread(
                     claim,
                     self.engine,
@@ -163,7 +166,6 @@ class ServiceWorker:
         return int(chars or 0) + MESSAGE_OVERHEAD_BYTES
 
     async def _sleep(self, seconds: float) -> None:
-        self._wake.clear()
         if seconds <= 0:
             return
         with contextlib.suppress(TimeoutError):
