@@ -390,7 +390,7 @@ def expand_task(
     statement = insert_into(dialect, SubTask.__table__).from_select(columns, rows)
     if new:
         return statement
-    return statement.on_conflict_do_nothing(index_elements=["task_id", "contact_id"])
+    return statement.on_conflict_do_nothing(index_elements=["contact_id", "task_id"])
 
 
 # -- checks at task create, on the task's audience: its pending sub-tasks' contacts --------
