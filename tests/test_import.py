@@ -158,6 +158,26 @@ def test_unterminated_quote_mid_file_imports_nothing(
     assert contacts(engine) == before
 
 
+def test_rows_rejected_before_a_file_problem_are_not_reported(
+    ann: None, engine: Engine, tmp_path: Path
+) -> None:
+    # One pass: the bad row of line 11 is met before the broken quote of line 1501, and the
+    # import that does not happen leaves no report of it.
+    lines = numbered(2999)
+    lines[10] = b"not-an-address,Nobody\n"
+    lines[1500] = b'broken@example.com,"Broken\n'
+    report = tmp_path / "rejected.csv"
+    before = contacts(engine)
+    code, out, err = imported(tmp_path, b"".join(lines), "--report", str(report))
+    assert code == 1 and "imported" not in out
+    assert err.strip().splitlines() == [
+        "error: line 1501: a quoted field that starts on this line is never closed"
+        " (an unterminated quote); nothing imported"
+    ]
+    assert not report.exists()
+    assert contacts(engine) == before
+
+
 def test_undecodable_byte_names_its_line_and_imports_nothing(
     env: dict[str, str], engine: Engine, tmp_path: Path
 ) -> None:

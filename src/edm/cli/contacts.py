@@ -156,9 +156,12 @@ class _Rejections:
             self.writer.writerow(["line", "reason", "value"])
         return self
 
-    def __exit__(self, *_: object) -> None:
+    def __exit__(self, failed: type[BaseException] | None, *_: object) -> None:
         if self.handle is not None:
             self.handle.close()
+            if failed is not None and self.path is not None:
+                # Nothing was imported: no report of the rows of an import that did not happen.
+                self.path.unlink(missing_ok=True)
 
     def add(self, rejection: Rejection) -> None:
         self.count += 1
@@ -189,7 +192,7 @@ def _progress(file: Path) -> AbstractContextManager[Progress | None]:
 
 
 class _ProgressBar:
-    """One bar per phase of the import (checking, importing), over the file's bytes."""
+    """A bar over the file's bytes, for each phase the import reports."""
 
     def __enter__(self) -> Progress:
         from rich.progress import BarColumn, TimeRemainingColumn

@@ -33,7 +33,7 @@ class ImportJob:
     file_name: str
     owner: str  # the session that started it (auth.holder_key): the only one it answers
     started_at: float
-    phase: str = "checking"  # checking | importing | done | failed
+    phase: str = "importing"  # importing | done | failed
     done_bytes: int = 0
     size: int = 0
     finished_at: float | None = None
@@ -49,7 +49,7 @@ class ImportJob:
 
     @property
     def running(self) -> bool:
-        return self.phase in ("checking", "importing")
+        return self.phase == "importing"
 
 
 class ImportJobs:
@@ -94,6 +94,7 @@ class ImportJobs:
             )
             job.phase = "done"
         except ValueError as exc:  # the file as a whole: nothing was imported
+            job.rejections.clear()  # rows of an import that did not happen
             said = str(exc).replace("with --encoding", "in the Encoding box")
             job.error, job.phase = f"{said}; nothing imported", "failed"
         except Exception as exc:  # the database: nothing was imported either (one transaction)
