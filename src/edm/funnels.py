@@ -4,8 +4,8 @@ Counting a task's funnel from its rows reads every one of them: 140 ms of both c
 task of a million, on every refresh of its page. Instead, each statement that changes
 sub-tasks' facts (applying events, the facts' repair, deleting a contact) runs inside
 `keeping_funnels`, which reads those sub-tasks' facts before and after it and adds the
-difference to their tasks' rows, in the same transaction. The sub-tasks are locked by then
-(the caller's doing), so the difference is theirs alone. The invariants check recounts
+difference to their tasks' rows, in the same transaction. The first read locks the
+sub-tasks, so the difference is this transaction's alone. The invariants check recounts
 the funnels, and the repair loop counts a drifted one again.
 """
 

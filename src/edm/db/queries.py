@@ -477,8 +477,10 @@ TASK_FUNNEL = both(f"""
     FROM sub_tasks WHERE task_id = :task_id""")
 
 # -- a task's funnel, kept (`edm.funnels`) ------------------------------------------------------
-# The funnel's facts of some sub-tasks, read before and after a statement changes them.
-FUNNEL_FACTS_OF = both("""
+# The funnel's facts of some sub-tasks, read before and after a statement changes them,
+# and locked (in id order, as applying events locks them): no other transaction changes
+# them between the two reads. (SQLite's write lock does this already.)
+_FACTS_OF = """
     SELECT id, task_id,
            CASE WHEN delivered_at IS NULL THEN 0 ELSE 1 END AS delivered,
            CASE WHEN opened_at IS NULL THEN 0 ELSE 1 END AS opened,
@@ -487,7 +489,8 @@ FUNNEL_FACTS_OF = both("""
            CASE WHEN bounce_type = 'soft' THEN 1 ELSE 0 END AS soft_bounced,
            CASE WHEN complained_at IS NULL THEN 0 ELSE 1 END AS complained,
            CASE WHEN unsubscribed_at IS NULL THEN 0 ELSE 1 END AS unsubscribed
-    FROM sub_tasks WHERE id IN :ids""")
+    FROM sub_tasks WHERE id IN :ids ORDER BY id"""
+FUNNEL_FACTS_OF = {"postgresql": _FACTS_OF + " FOR UPDATE", "sqlite": _FACTS_OF}
 _KEPT = "delivered, opened, clicked, hard_bounced, soft_bounced, complained, unsubscribed"
 ADD_TO_FUNNEL = both(f"""
     INSERT INTO task_funnels (task_id, {_KEPT})
