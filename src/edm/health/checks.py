@@ -23,6 +23,7 @@ from sqlalchemy import Connection, Engine
 from edm.config import Settings
 from edm.db import health_queries as hq
 from edm.db.queries import SELECT_NOW, query
+from edm.health.cadence import WhileClean
 
 OK, WARN, CRITICAL = "ok", "warn", "critical"
 SEVERITY = {OK: 0, WARN: 1, CRITICAL: 2}
@@ -477,19 +478,14 @@ VIOLATIONS = {
 }
 
 
-# The invariants recount the whole history: about a second of the database at a million
-# sub-tasks, which the alert loop (every 10 s) and the pages' banner would pay again and
-# again. While they hold, a process recounts them once per EDM_HEALTH_INVARIANTS_SECONDS;
-# a violation is recounted every time, so its repair is seen at once.
-_HELD: dict[str, float] = {}  # database URL -> monotonic time of the last recount that held
-_HELD_LOCK = threading.Lock()
+# Recounted once per EDM_HEALTH_INVARIANTS_SECONDS while they hold, every time while one
+# is violated (`cadence.WhileClean`).
+_INVARIANTS = WhileClean()
 
 
 def _invariants(conn: Connection, settings: Settings, now: float) -> CheckResult:
     database = conn.engine.url.render_as_string()
-    with _HELD_LOCK:
-        held_at = _HELD.get(database)
-    age = time.monotonic() - held_at if held_at is not None else None
+    age = _INVARIANTS.clean_age(database)
     if age is not None and age < settings.health_invariants_seconds:
         return CheckResult(
             "invariants",
@@ -499,11 +495,7 @@ def _invariants(conn: Connection, settings: Settings, now: float) -> CheckResult
             f"every invariant held when last recounted, {age:.0f} s ago",
         )
     result = recount_invariants(conn)
-    with _HELD_LOCK:
-        if result.status == OK:
-            _HELD[database] = time.monotonic()
-        else:
-            _HELD.pop(database, None)
+    _INVARIANTS.looked(database, clean=result.status == OK)
     return result
 
 

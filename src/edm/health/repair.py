@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +23,7 @@ from edm.db import health_queries as hq
 from edm.db import queries as q
 from edm.db.queries import SELECT_NOW, query
 from edm.funnels import keeping_funnels
+from edm.health.cadence import WhileClean
 from edm.health.checks import CRITICAL, reputations
 
 log = logging.getLogger(__name__)
@@ -92,11 +92,10 @@ def upkeep_repairs(report: Any) -> list[Repair]:
     ]
 
 
-# The facts' and the funnels' repairs look through the whole history: seconds of the
-# database at a million sub-tasks with their events. The loops sweep once per
-# EDM_HEALTH_INVARIANTS_SECONDS while the sweeps find nothing, every EDM_REPAIR_SECONDS
-# while they do; `edm repair` always sweeps.
-_SWEPT_CLEAN: dict[str, float] = {}  # database URL -> monotonic time of the last clean sweep
+# The facts' and the funnels' repairs sweep the whole history: the loops run them once per
+# EDM_HEALTH_INVARIANTS_SECONDS while they find nothing, at every repair while they do
+# (`cadence.WhileClean`); `edm repair` always sweeps.
+_SWEEPS = WhileClean()
 
 
 def scheduled(engine: Engine, settings: Settings, *, sweep: bool | None = None) -> list[Repair]:
@@ -104,15 +103,10 @@ def scheduled(engine: Engine, settings: Settings, *, sweep: bool | None = None) 
     when `sweep`, or (None) when due."""
     database = engine.url.render_as_string()
     if sweep is None:
-        clean_at = _SWEPT_CLEAN.get(database)
-        sweep = (
-            clean_at is None or time.monotonic() - clean_at >= settings.health_invariants_seconds
-        )
+        sweep = _SWEEPS.due(database, settings.health_invariants_seconds)
     swept = [_facts(engine, dry_run=False), _funnels(engine, dry_run=False)] if sweep else []
-    if sweep and not any(r.count for r in swept):
-        _SWEPT_CLEAN[database] = time.monotonic()
-    elif sweep:
-        _SWEPT_CLEAN.pop(database, None)
+    if sweep:
+        _SWEEPS.looked(database, clean=not any(r.count for r in swept))
     return [
         *swept,
         _unfreeze_expired(engine, dry_run=False),
