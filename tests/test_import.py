@@ -6,6 +6,9 @@ Each test drives the CLI in process and asserts the contacts table afterwards, e
 from __future__ import annotations
 
 import csv
+import os
+import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -176,6 +179,26 @@ def test_rows_rejected_before_a_file_problem_are_not_reported(
     ]
     assert not report.exists()
     assert contacts(engine) == before
+
+
+def test_a_report_that_is_not_a_file_of_its_own_is_left_alone(
+    ann: None, engine: Engine, tmp_path: Path
+) -> None:
+    # `--report /dev/stdout` is a pipe or a device, not a report to remove when the import
+    # fails: here a named pipe, read by a thread as a terminal would.
+    pipe = tmp_path / "report.pipe"
+    os.mkfifo(pipe)
+    read: list[bytes] = []
+    reader = threading.Thread(target=lambda: read.append(pipe.read_bytes()))
+    reader.start()
+    lines = numbered(200)
+    lines[10] = b"not-an-address,Nobody\n"
+    lines[150] = b'broken@example.com,"Broken\n'
+    code, _, err = imported(tmp_path, b"".join(lines), "--report", str(pipe))
+    reader.join(10)
+    assert code == 1 and "line 151:" in err
+    assert stat.S_ISFIFO(pipe.stat().st_mode)  # still there
+    assert read and read[0].startswith(b"line,reason,value")
 
 
 def test_undecodable_byte_names_its_line_and_imports_nothing(

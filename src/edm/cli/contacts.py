@@ -159,8 +159,9 @@ class _Rejections:
     def __exit__(self, failed: type[BaseException] | None, *_: object) -> None:
         if self.handle is not None:
             self.handle.close()
-            if failed is not None and self.path is not None:
-                # Nothing was imported: no report of the rows of an import that did not happen.
+            if failed is not None and self.path is not None and self.path.is_file():
+                # Nothing was imported: no report of the rows of an import that did not
+                # happen. Only a file of its own: `--report /dev/stdout` stays.
                 self.path.unlink(missing_ok=True)
 
     def add(self, rejection: Rejection) -> None:
