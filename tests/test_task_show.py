@@ -130,7 +130,7 @@ def test_task_page_reads_sends_by_service_and_per_minute(engine: Engine) -> None
 
 
 def _shown_state(row: dict) -> str:
-    """The shown state's precedence (queries.SHOWN_FACT_FILTERS), in Python: the oracle."""
+    """The shown state's precedence written out again, row by row: the oracle."""
     if row["complained_at"] is not None:
         return "complained"
     if row["unsubscribed_at"] is not None:

@@ -114,17 +114,36 @@ def _tally(conn: Connection, task_id: int) -> tuple[dict[str, int], dict[str, in
     funnel = dict.fromkeys(FUNNEL_FACTS, 0)
     shown: dict[str, int] = {}
     for r in conn.execute(q.query(q.TASK_TALLY, conn.dialect.name), {"task_id": task_id}):
-        values = r._mapping
-        counts[r.status] = int(r.n)
+        n = int(r.n)
+        has = {
+            "delivered": bool(r.delivered),
+            "opened": bool(r.opened),
+            "clicked": bool(r.clicked),
+            "hard_bounced": r.bounce_type == "hard",
+            "soft_bounced": r.bounce_type == "soft",
+            "complained": bool(r.complained),
+            "unsubscribed": bool(r.unsubscribed),
+        }
+        counts[r.status] = counts.get(r.status, 0) + n
         for fact in FUNNEL_FACTS:
-            funnel[fact] += int(values[fact] or 0)
-        by_fact = 0
-        for state in q.SHOWN_FACT_FILTERS:
-            n = int(values[f"shown_{state}"] or 0)
-            shown[state] = shown.get(state, 0) + n
-            by_fact += n
-        shown[r.status] = shown.get(r.status, 0) + int(r.n) - by_fact
-    return counts, funnel, {state: n for state, n in shown.items() if n}
+            funnel[fact] += n * has[fact]
+        state = shown_state(r.status, has)
+        shown[state] = shown.get(state, 0) + n
+    return counts, funnel, shown
+
+
+def shown_state(status: str, has: dict[str, bool]) -> str:
+    """A sub-task's highest delivery fact by precedence, else its status. The facts are
+    first-seen times, so the answer never depends on the order events came in."""
+    for fact in ("complained", "unsubscribed", "hard_bounced"):
+        if has[fact]:
+            return fact
+    if has["soft_bounced"] and not has["delivered"]:
+        return "soft_bounced"
+    for fact in ("clicked", "opened", "delivered"):
+        if has[fact]:
+            return fact
+    return status
 
 
 def _view(  # type: ignore[no-untyped-def]

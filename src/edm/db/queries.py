@@ -521,35 +521,17 @@ RECOUNT_FUNNELS = [
         GROUP BY task_id"""),
 ]
 
-# A sub-task's shown state: its highest delivery fact by precedence (complained,
-# unsubscribed, hard bounced, soft bounced and not delivered, clicked, opened, delivered),
-# else its status. The facts are kept as first-seen times, so it never depends on event
-# order. TASK_TALLY counts a task's rows by it in the same read as their counts by status
-# and the funnel: the precedence spelled as one filter per fact (a CASE grouped on costs
-# twice as much at a million rows).
-_NO_COMPLAINT_NOR_UNSUBSCRIBE = "complained_at IS NULL AND unsubscribed_at IS NULL"
-_BELOW_BOUNCES = f"""{_NO_COMPLAINT_NOR_UNSUBSCRIBE} AND bounce_type IS DISTINCT FROM 'hard'
-        AND (bounce_type IS DISTINCT FROM 'soft' OR delivered_at IS NOT NULL)"""
-SHOWN_FACT_FILTERS = {
-    "complained": "complained_at IS NOT NULL",
-    "unsubscribed": "complained_at IS NULL AND unsubscribed_at IS NOT NULL",
-    "hard_bounced": f"{_NO_COMPLAINT_NOR_UNSUBSCRIBE} AND bounce_type = 'hard'",
-    "soft_bounced": f"""{_NO_COMPLAINT_NOR_UNSUBSCRIBE} AND bounce_type = 'soft'
-        AND delivered_at IS NULL""",
-    "clicked": f"{_BELOW_BOUNCES} AND clicked_at IS NOT NULL",
-    "opened": f"{_BELOW_BOUNCES} AND clicked_at IS NULL AND opened_at IS NOT NULL",
-    "delivered": f"""{_BELOW_BOUNCES} AND clicked_at IS NULL AND opened_at IS NULL
-        AND delivered_at IS NOT NULL""",
-}
-_SHOWN_COLUMNS = ",\n           ".join(
-    f"count(*) FILTER (WHERE {where}) AS shown_{state}"
-    for state, where in SHOWN_FACT_FILTERS.items()
-)
-TASK_TALLY = both(f"""
-    SELECT status, count(*) AS n,
-           {_FUNNEL_COLUMNS},
-           {_SHOWN_COLUMNS}
-    FROM sub_tasks WHERE task_id = :task_id GROUP BY status""")
+# A task's rows by status and by which delivery facts they have: a few dozen groups at
+# most, from which `task_views` derives the counts by status, the funnel and the shown
+# states in one read. Grouping on the facts costs less than a filtered count per fact and
+# per shown state (188 against 223 ms at a million rows).
+TASK_TALLY = both("""
+    SELECT status, bounce_type,
+           delivered_at IS NOT NULL AS delivered, opened_at IS NOT NULL AS opened,
+           clicked_at IS NOT NULL AS clicked, complained_at IS NOT NULL AS complained,
+           unsubscribed_at IS NOT NULL AS unsubscribed, count(*) AS n
+    FROM sub_tasks WHERE task_id = :task_id
+    GROUP BY 1, 2, 3, 4, 5, 6, 7""")
 
 # What a task page shows besides its counts: its sent rows by service, and per minute
 # since a time (the last 24 hours, or since it started). Both read the index on a task's
