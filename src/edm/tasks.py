@@ -87,8 +87,13 @@ def create_task(
         session.add_all(TaskService(task_id=task.id, service_id=sid) for sid in service_ids)
         _keep_audience(session, task.id, audience)
         _expand(session, task.id, audience, new=True)
+        conn = session.connection()
         checks.check_against_audience(
-            session.connection(), content, task.id, allow_missing_fields=allow_missing_fields
+            conn,
+            content,
+            task.id,
+            audience_filter(conn, audience),
+            allow_missing_fields=allow_missing_fields,
         )
         if start_at is not None:
             if start:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from sqlalchemy import Connection
+from sqlalchemy import ColumnElement, Connection, and_, exists, func, select
 
 from edm import messages
 from edm.db import queries as q
+from edm.db.models import Contact
 
 # How many field names an error lists, and how many contacts are looked at to find one
 # that has every field a template needs.
@@ -69,13 +70,20 @@ def required_fields(content: TaskContent) -> set[str]:
 
 
 def check_against_audience(
-    conn: Connection, content: TaskContent, task_id: int, *, allow_missing_fields: bool = False
+    conn: Connection,
+    content: TaskContent,
+    task_id: int,
+    audience: ColumnElement[bool],
+    *,
+    allow_missing_fields: bool = False,
 ) -> None:
-    """Refuse templates that need fields the audience (the contacts of the task's pending
-    sub-tasks) lacks, or that fail for a real contact."""
+    """Refuse templates that need fields the audience lacks, or that fail for a real
+    contact. `audience` is the task's audience as a condition on contacts (the one its
+    sub-tasks were made from); its active contacts are those of its pending sub-tasks."""
     dialect = conn.dialect.name
     needed = sorted(required_fields(content))
-    lacking = {field: _count_lacking(conn, dialect, field, task_id) for field in needed}
+    receiving = and_(Contact.__table__.c.status == "active", audience)
+    lacking = {field: _count_lacking(conn, dialect, field, receiving) for field in needed}
     missing = {field: n for field, n in lacking.items() if n}
     if missing and not allow_missing_fields:
         known = [
@@ -99,11 +107,14 @@ def check_against_audience(
         _render_once(content, contact, needed)
 
 
-def _count_lacking(conn: Connection, dialect: str, field: str, task_id: int) -> int:
-    params = {"field": field, "path": f'$."{field}"', "task_id": task_id}
-    if not conn.execute(q.query(q.ANY_CONTACT_LACKING_FIELD, dialect), params).scalar_one():
+def _count_lacking(
+    conn: Connection, dialect: str, field: str, receiving: ColumnElement[bool]
+) -> int:
+    lacking = and_(receiving, q.lacking_field(dialect, field))
+    if not conn.execute(select(exists().where(lacking))).scalar_one():
         return 0
-    return int(conn.execute(q.query(q.CONTACTS_LACKING_FIELD, dialect), params).scalar_one())
+    contacts = Contact.__table__
+    return int(conn.execute(select(func.count()).select_from(contacts).where(lacking)).scalar_one())
 
 
 def _sample_contact(conn: Connection, dialect: str, needed: list[str], task_id: int) -> dict | None:
