@@ -212,6 +212,45 @@ def test_a_higher_priority_task_is_served_first(engine: Engine) -> None:
     ) in found.notes
 
 
+def test_the_counts_task_show_read_give_the_same_eta(engine: Engine) -> None:
+    """`edm task show` hands the ETA the counts it read; with pinned rows, rows in flight
+    and another running task served first, the answer is the one the ETA counts itself,
+    and counts that say otherwise change it (they are used)."""
+    from edm.task_views import show_task
+
+    services_mod.add_service(engine, "a", "sandbox", 1.0)
+    b = services_mod.add_service(engine, "b", "sandbox", 1.0)
+    make_contacts(engine, 500)
+    low = tasks_mod.create_task(engine, "low", "s", text_body="x", start=True)
+    tasks_mod.create_task(engine, "high", "s", text_body="x", start=True, priority=5)
+    update(
+        engine,
+        "UPDATE sub_tasks SET pinned_service_id = :b WHERE task_id = :low AND id % 5 = 0",
+        b=b,
+        low=low,
+    )
+    update(
+        engine,
+        "UPDATE sub_tasks SET status = 'allocated', service_id = :b, lease_token ="
+        " 'x', lease_expires_at = :t WHERE task_id = :low AND id % 7 = 1",
+        b=b,
+        low=low,
+        t=NOON + 30,
+    )
+    counts = show_task(engine, low).counts
+    alone = eta(engine, low)
+    given = task_eta(engine, low, now=NOON, settings=SETTINGS, counts=counts)
+    assert given == alone and alone.remaining > 0
+    fewer = task_eta(
+        engine,
+        low,
+        now=NOON,
+        settings=SETTINGS,
+        counts={**counts, "pending": counts["pending"] - 50},
+    )
+    assert fewer.remaining == alone.remaining - 50
+
+
 def test_an_unpaced_service_goes_at_its_measured_pace_else_an_assumed_one(
     engine: Engine,
 ) -> None:

@@ -306,7 +306,14 @@ class _Facts:
     listed: dict[int, set[int]]  # task id -> the services it lists
 
 
-def _read(conn: Connection, settings: Settings, now: float | None, task_ids: list[int]) -> _Facts:
+def _read(
+    conn: Connection,
+    settings: Settings,
+    now: float | None,
+    task_ids: list[int],
+    pending: dict[int, int] | None = None,
+) -> _Facts:
+    """`pending`: the pending rows of some tasks, already counted by the caller."""
     dialect = conn.dialect.name
     if now is None:
         now = float(conn.execute(q.query(q.SELECT_NOW, dialect)).scalar_one())
@@ -320,7 +327,7 @@ def _read(conn: Connection, settings: Settings, now: float | None, task_ids: lis
     listed: dict[int, set[int]] = {}
     if ids:
         params = {"task_ids": ids, "max_attempts": settings.max_attempts}
-        for row in _left_by_pool(conn, params):
+        for row in _left_by_pool(conn, params, pending or {}):
             pools.setdefault(row.task_id, []).append(row)
         for row in conn.execute(q.query(rq.TASK_SERVICES, dialect, "task_ids"), params):
             listed.setdefault(row.task_id, set()).add(row.service_id)
@@ -337,11 +344,18 @@ class _Pool:
     n: int
 
 
-def _left_by_pool(conn: Connection, params: dict[str, Any]) -> list[_Pool]:
+def _left_by_pool(conn: Connection, params: dict[str, Any], counted: dict[int, int]) -> list[_Pool]:
     """Pending rows by their pin (the unpinned ones as all pending less the pinned), then
-    rows in flight and of unknown outcome by their service."""
+    rows in flight and of unknown outcome by their service. The pending rows of the tasks
+    in `counted` are not counted again."""
     dialect = conn.dialect.name
-    pending = dict(conn.execute(q.query(rq.PENDING_BY_TASK, dialect, "task_ids"), params).all())
+    pending = dict(counted)
+    uncounted = [task_id for task_id in params["task_ids"] if task_id not in counted]
+    if uncounted:
+        rows = conn.execute(
+            q.query(rq.PENDING_BY_TASK, dialect, "task_ids"), {**params, "task_ids": uncounted}
+        )
+        pending.update(rows.all())
     pools = []
     for row in conn.execute(q.query(rq.PINNED_BY_TASK, dialect, "task_ids"), params):
         pools.append(_Pool(row.task_id, "pending", row.service_id, int(row.n)))
@@ -489,17 +503,25 @@ def _case(
 
 # -- a task's ETA ------------------------------------------------------------------------------
 def task_eta(
-    engine: Engine, task_id: int, now: float | None = None, settings: Settings | None = None
+    engine: Engine,
+    task_id: int,
+    now: float | None = None,
+    settings: Settings | None = None,
+    *,
+    counts: dict[str, int] | None = None,
 ) -> Eta:
     """When the task's last sub-task will be sent, by the rules above; `now` defaults to
-    the database's clock."""
+    the database's clock. `counts`: the task's rows by status, when the caller has just
+    read them (`edm task show`): its pending rows are not counted again (a quarter of
+    the command's database time at a million)."""
     validation.record_id(task_id, "task", error=TaskNotFound)
     settings = settings or get_settings()
+    pending = None if counts is None else {task_id: counts.get("pending", 0)}
     with engine.connect() as conn:
         row = conn.execute(q.query(q.TASK_ROW, conn.dialect.name), {"task_id": task_id}).first()
         if row is None:
             raise TaskNotFound(f"unknown task {task_id}")
-        facts = _read(conn, settings, now, [task_id])
+        facts = _read(conn, settings, now, [task_id], pending)
     by_id = {s.id: s for s in facts.services}
     left = _left(facts.pools.get(task_id, []), row.delivery_policy, by_id)
     starts = facts.now

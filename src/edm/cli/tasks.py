@@ -173,7 +173,7 @@ def _eta(db, view):  # type: ignore[no-untyped-def]
         return None
     from edm.forecast import task_eta
 
-    return task_eta(db, view.id)
+    return task_eta(db, view.id, counts=view.counts)
 
 
 def _render_task(view, eta=None) -> Table:  # type: ignore[no-untyped-def]
